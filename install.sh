@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs everything vmctl needs on a Debian or Ubuntu machine, then vmctl itself
+# (with its test tools) into ./.venv. Safe to run again.
+set -eu
+cd "$(dirname "$0")"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+# QEMU runs the VM; apt (already there) builds the guest image from Debian packages,
+# with Debian's archive keyring to check them; ssh for `vmctl machine ssh`; curl for
+# the quick check in the README.
+$SUDO apt-get update
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    qemu-system-x86 qemu-utils openssh-client curl ca-certificates debian-archive-keyring \
+    python3 python3-venv python3-pip
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+echo "installed: $(.venv/bin/vmctl --version) in $(pwd)/.venv"

@@ -1,0 +1,235 @@
+"""The machine spine end to end: a real VM under QEMU, reached as a user reaches it.
+
+Tests run in file order and share one machine; each leaves it running unless its
+point is to stop it, and the last ones remove it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import VM, pid_alive, require
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def curl_ping(vm: VM) -> str:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "--unix-socket", str(vm.socket), "http://x/_ping"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout
+
+
+def manifest(vm: VM) -> dict[str, object]:
+    current = json.loads((vm.home / "cache" / "images" / "current").read_text())
+    image_id = current["image_id"] if isinstance(current, dict) else str(current)
+    data = json.loads((vm.home / "cache" / "images" / image_id / "manifest.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def leftovers(vm: VM) -> list[str]:
+    found = [name for name in ("engine.sock", "qmp.sock", "qemu.pid", "hostagent.pid")
+             if (vm.dir / name).exists()]
+    for pid_file in ("qemu.pid", "hostagent.pid"):
+        pid = vm.pid(pid_file)
+        if pid_alive(pid):
+            found.append(f"{pid_file} process {pid}")
+    marker = str(vm.dir)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline and pid_alive(int(proc.name)):
+                found.append(f"process {proc.name}: {cmdline[:120]}")
+    return found
+
+
+# -- first start --------------------------------------------------------------------------
+
+
+def test_start_from_empty_home_built_the_image(vm: VM) -> None:
+    data = manifest(vm)
+    assert data["kernel_release"]
+    assert vm.socket.exists()
+    assert "is running" in vm.start_output
+
+
+def test_accelerator_choice_is_explained(vm: VM) -> None:
+    """kvm exists here but hangs nested: the watchdog must fall back to tcg and say so."""
+    status = vm.status()
+    assert status["state"] == "running"
+    accel_file = vm.home / "accel.json"
+    if status["accel"] == "tcg" and os.path.exists("/dev/kvm"):
+        assert "falling back" in vm.start_output or "instead" in vm.start_output \
+            or "failed on this host before" in str(status["accel_reason"])
+        remembered = json.loads(accel_file.read_text())
+        assert remembered["kvm"]["works"] is False
+    doctor = vm.vmctl("machine", "doctor").stdout
+    assert "Accelerator:" in doctor and str(status["accel"]) in doctor
+
+
+def test_ssh_runs_the_debian_kernel(vm: VM) -> None:
+    release = vm.vmctl("machine", "ssh", "--", "uname", "-r").stdout.strip()
+    assert release == manifest(vm)["kernel_release"]
+    assert release.endswith("-amd64")
+
+
+def test_engine_socket_answers_ping(vm: VM) -> None:
+    require("curl")
+    assert curl_ping(vm) == "OK"
+    assert vm.socket.stat().st_mode & 0o777 == 0o600
+
+
+def test_docker_cli_shows_our_server(vm: VM) -> None:
+    docker = require("docker")
+    out = subprocess.run([docker, "-H", f"unix://{vm.socket}", "version"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    server = out.stdout.split("Server:", 1)[1]
+    assert "vmctl agent" in server
+    assert "1.50" in server
+
+
+def test_docker_context_created(vm: VM) -> None:
+    docker = require("docker")
+    out = subprocess.run([docker, "--context", "vmctl-default", "version", "--format",
+                          "{{.Server.APIVersion}}"], capture_output=True, text=True,
+                         env=vm.env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1.50"
+
+
+def test_guest_runs_from_tmpfs_with_cgroup2_only(vm: VM) -> None:
+    mounts = vm.ssh("cat /proc/mounts")
+    root = [line for line in mounts.splitlines() if line.split()[1] == "/"]
+    assert root and root[-1].split()[2] == "tmpfs", mounts
+    assert "cgroup2 /sys/fs/cgroup cgroup2" in mounts
+    assert not [line for line in mounts.splitlines() if line.split()[2] == "cgroup"]
+    controllers = vm.ssh("cat /sys/fs/cgroup/cgroup.controllers").split()
+    for controller in ("cpu", "memory", "pids", "io"):
+        assert controller in controllers
+    assert "/var/lib/vmctl ext4" in mounts
+
+
+def test_env_points_docker_at_the_machine(vm: VM) -> None:
+    out = vm.vmctl("machine", "env", "--shell", "bash").stdout
+    assert f"export DOCKER_HOST=unix://{vm.socket}" in out
+    fish = vm.vmctl("machine", "env", "--shell", "fish").stdout
+    assert f"set -gx DOCKER_HOST unix://{vm.socket};" in fish
+    ps = vm.vmctl("machine", "env", "--shell", "powershell").stdout
+    assert f'$Env:DOCKER_HOST = "unix://{vm.socket}"' in ps
+
+
+def test_shared_folder_both_ways(vm: VM) -> None:
+    token = uuid.uuid4().hex
+    (vm.share / "from-host.txt").write_text(token)
+    assert vm.ssh(f"cat {vm.share}/from-host.txt") == token
+    vm.ssh(f"echo {token}-guest > {vm.share}/from-guest.txt")
+    assert (vm.share / "from-guest.txt").read_text().strip() == f"{token}-guest"
+
+
+def test_status_ls_and_logs(vm: VM) -> None:
+    status = vm.status()
+    assert status["state"] == "running" and status["engine_ok"] is True
+    rows = json.loads(vm.vmctl("machine", "ls", "--format", "json").stdout)
+    assert [r["state"] for r in rows if r["name"] == "default"] == ["running"]
+    console = vm.vmctl("machine", "logs", "--console").stdout
+    assert "VMCTL-READY" in console
+    agent_log = vm.vmctl("machine", "logs", "--agent").stdout
+    assert agent_log.strip() and "cannot read" not in agent_log
+
+
+def test_starting_a_running_machine_is_an_error(vm: VM) -> None:
+    out = vm.vmctl("machine", "start", check=False)
+    assert out.returncode == 1
+    assert "error: machine 'default' is already running" in out.stderr
+    assert "hint: " in out.stderr and "Traceback" not in out.stderr
+
+
+def test_supervisor_restarts_a_killed_agent(vm: VM) -> None:
+    qemu_before = vm.pid("qemu.pid")
+    old = vm.ssh("cat /run/vmctl/agent.pid").strip()
+    vm.ssh(f"kill -9 {old}")
+    wait_for(lambda: vm.ssh("cat /run/vmctl/agent.pid", check=False).strip() not in ("", old),
+             30, "a new agent pid")
+    wait_for(lambda: curl_ping(vm) == "OK", 60, "the engine to answer again")
+    assert vm.pid("qemu.pid") == qemu_before  # no machine restart
+
+
+# -- stop, start, crashes -------------------------------------------------------------------
+
+
+def test_data_disk_survives_stop_and_start(vm: VM) -> None:
+    token = uuid.uuid4().hex
+    vm.ssh(f"echo {token} > /var/lib/vmctl/persist.txt && sync")
+    vm.vmctl("machine", "stop")
+    assert leftovers(vm) == []
+    assert vm.status()["state"] == "stopped"
+    out = vm.vmctl("machine", "stop", check=False)
+    assert out.returncode == 1 and "is not running" in out.stderr
+    vm.vmctl("machine", "start")
+    assert vm.ssh("cat /var/lib/vmctl/persist.txt").strip() == token
+    assert curl_ping(vm) == "OK"
+
+
+def test_qemu_killed_by_hand(vm: VM) -> None:
+    qemu = vm.pid("qemu.pid")
+    assert qemu is not None
+    os.kill(qemu, signal.SIGKILL)
+    wait_for(lambda: vm.status()["state"] == "stopped", 30, "status to say stopped")
+    status = vm.status()
+    assert "QEMU exited unexpectedly" in str(status["detail"]), status
+    assert leftovers(vm) == []
+    vm.vmctl("machine", "start")
+    assert curl_ping(vm) == "OK"
+
+
+def test_host_agent_killed_by_hand(vm: VM) -> None:
+    agent = vm.pid("hostagent.pid")
+    qemu = vm.pid("qemu.pid")
+    assert agent is not None and qemu is not None
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(agent), 10, "the host agent to die")
+    status = vm.status()
+    assert status["state"] == "degraded", status
+    assert "host agent is not running" in str(status["detail"])
+    vm.vmctl("machine", "start")
+    assert vm.pid("qemu.pid") == qemu  # taken over, not rebooted
+    assert curl_ping(vm) == "OK"
+    assert vm.ssh("echo alive").strip() == "alive"
+
+
+def test_restart(vm: VM) -> None:
+    qemu = vm.pid("qemu.pid")
+    vm.vmctl("machine", "restart")
+    assert vm.pid("qemu.pid") != qemu
+    assert curl_ping(vm) == "OK"
+
+
+def test_rm_refuses_a_running_machine_then_force(vm: VM) -> None:
+    out = vm.vmctl("machine", "rm", "default", check=False)
+    assert out.returncode == 1 and "is running" in out.stderr
+    vm.vmctl("machine", "rm", "--force", "default")
+    assert not vm.dir.exists()
+    assert leftovers(vm) == []
+

@@ -1,0 +1,71 @@
+"""The guest's seed config and the small Engine API client's HTTP parsing."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from vmctl import client
+from vmctl.config import MachineConfig, Mount
+from vmctl.errors import VmctlError
+from vmctl.seed import seed_config_text
+
+
+def test_seed_config_is_shell_safe(tmp_path: Path) -> None:
+    odd = tmp_path / "it's a dir"
+    odd.mkdir()
+    config = MachineConfig(name="dev", mounts=(Mount(str(tmp_path)), Mount(str(odd), False)))
+    text = seed_config_text(config)
+    # Source it with a real shell and read the values back.
+    out = subprocess.run(
+        ["sh", "-c", text + 'printf "%s\\n---\\n%s\\n" "$VMCTL_MACHINE" "$VMCTL_SHARES"'],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    machine, shares = out.split("\n---\n")
+    assert machine == "dev"
+    assert shares.strip().splitlines() == [f"share0 rw {tmp_path}", f"share1 ro {odd}"]
+    assert shlex.quote("dev") in text
+
+
+def test_parse_response_plain_and_chunked() -> None:
+    resp = client.parse_response(b"HTTP/1.1 200 OK\r\nApi-Version: 1.50\r\n\r\nOK")
+    assert resp.status == 200 and resp.headers["api-version"] == "1.50" and resp.body == b"OK"
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    assert client.parse_response(chunked).json() == {}
+
+
+def test_parse_response_rejects_garbage() -> None:
+    with pytest.raises(VmctlError, match="without a complete answer"):
+        client.parse_response(b"HTTP/1.1 200")
+    with pytest.raises(VmctlError, match="malformed status line"):
+        client.parse_response(b"nonsense\r\n\r\n")
+
+
+def test_ping_over_a_socket(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        request = conn.recv(1000)
+        assert request.startswith(b"GET /_ping HTTP/1.1\r\n")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        conn.close()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    client.ping(client.connect_unix(path))
+    thread.join()
+    server.close()
+
+
+def test_connect_to_nothing_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(VmctlError, match="cannot connect to the engine"):
+        client.connect_unix(tmp_path / "absent.sock")

@@ -1,0 +1,457 @@
+"""The host agent: one background process per running machine.
+
+It runs QEMU, watches the boot (falling back to tcg when a hardware accelerator fails or
+hangs), connects to the guest's sshd with the pinned host key, serves the engine on
+<machine dir>/engine.sock (each client connection becomes one channel of a single SSH
+transport), and on SIGTERM powers the guest down through QMP. Its progress and outcome
+go to status.json, its log to hostagent.log.
+
+Started as `python -m vmctl.hostagent --dir <machine dir>` by `vmctl machine start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+
+from vmctl import accel as accelmod
+from vmctl import client, procs
+from vmctl.config import MachineConfig, load_config
+from vmctl.console import ConsoleLog
+from vmctl.errors import VmctlError
+from vmctl.forward import UnixSocketForwarder
+from vmctl.keys import read_public_line
+from vmctl.paths import MachineFiles, Paths
+from vmctl.qemu import BootImage, build_argv, qemu_binary
+from vmctl.status import FAILED, RUNNING, STARTING, STOPPED, STOPPING, AgentStatus, write_status
+from vmctl.transport import SSHTransport
+
+log = logging.getLogger(__name__)
+
+GUEST_ENGINE_SOCKET = "/run/vmctl/engine.sock"
+# Console markers written by the guest (guest/rootfs/init, boot steps, the agent).
+BOOT_PROGRESS = "vmctl-init: stage 1"
+READY = "VMCTL-READY"
+GUEST_ERROR = "VMCTL-ERROR: "
+# A working accelerator reaches the guest's init in well under a second; nested KVM that
+# hangs never does. Under tcg the bound is the whole boot.
+HARDWARE_PROGRESS_BOUND = 15.0
+BOOT_DEADLINE = 300.0
+SSH_DEADLINE = 60.0
+POWERDOWN_TIMEOUT = 30.0
+
+
+class AccelFailed(Exception):
+    """This accelerator did not boot; another one may."""
+
+
+class StopRequested(Exception):
+    pass
+
+
+class QemuProcess:
+    """QEMU as a child we started, or an orphan left by a previous host agent."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+
+    def exit_code(self) -> int | None:
+        """None while running; the exit code (negative: killed by that signal) after."""
+        if self.popen is not None:
+            return self.popen.poll()
+        return None if procs.alive(self.pid) else -1
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if self.popen is not None:
+            self.popen.wait(10)
+        else:
+            procs.wait_gone(self.pid, 10)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise VmctlError(
+                f"port {port} on 127.0.0.1 is already in use",
+                hint="free it, or set \"ssh_port\": 0 in the machine's config.json "
+                "to pick a free port at each start",
+            ) from None
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise VmctlError(
+            f"{binary} not found on PATH",
+            hint="install QEMU: apt-get install qemu-system-x86 qemu-utils "
+            "(macOS: brew install qemu)",
+        ) from None
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.replace("QEMU emulator version", "").strip() or "unknown"
+
+
+class HostAgent:
+    def __init__(self, paths: Paths, files: MachineFiles) -> None:
+        self.paths = paths
+        self.files = files
+        self.status = AgentStatus(state=STARTING, pid=os.getpid(), started_at=time.time())
+        self.stop_event = threading.Event()
+        self.qemu: QemuProcess | None = None
+        self.transport: SSHTransport | None = None
+        self.transport_lock = threading.Lock()
+        self.forwarder: UnixSocketForwarder | None = None
+        self.config: MachineConfig | None = None
+
+    # -- status ---------------------------------------------------------------------
+
+    def report(self, state: str | None = None, **fields: object) -> None:
+        if state:
+            self.status.state = state
+        for key, value in fields.items():
+            setattr(self.status, key, value)
+        write_status(self.files.status, self.status)
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.status.warnings.append(message)
+        self.report()
+
+    # -- main -----------------------------------------------------------------------
+
+    def run(self, adopt: bool) -> int:
+        if not take_lock(self.files.hostagent_lock):
+            log.error("another host agent runs this machine; exiting")
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        procs.write_pid(self.files.hostagent_pid, os.getpid())
+        self.report(STARTING)
+        outcome = "stopped"
+        try:
+            self.config = load_config(self.files.config)
+            if not (adopt and self.adopt()):
+                self.boot()
+            self.serve_engine()
+            outcome = self.supervise()
+        except StopRequested:
+            outcome = "stopped before it finished booting"
+        except VmctlError as e:
+            log.error("start failed: %s", e.message)
+            self.shutdown()
+            self.report(FAILED, message=e.message, hint=e.hint, detail=e.detail)
+            return 1
+        except Exception as e:  # a bug: keep the traceback in the log, tell the user
+            log.exception("host agent crashed")
+            self.shutdown()
+            self.report(
+                FAILED,
+                message=f"host agent error: {e}",
+                hint=f"see {self.files.hostagent_log}",
+            )
+            return 1
+        finally:
+            self.files.hostagent_pid.unlink(missing_ok=True)
+        self.shutdown()
+        self.report(STOPPED, message=outcome)
+        return 0
+
+    # -- boot -----------------------------------------------------------------------
+
+    def boot(self) -> None:
+        assert self.config is not None
+        from images.builder import current_image
+
+        built = current_image(self.paths.images)
+        if built is None:
+            raise VmctlError("no VM image has been built", hint="run: vmctl image build")
+        image = BootImage(kernel=built.kernel, initrd=built.initrd)
+        binary = qemu_binary()
+        version = qemu_version(binary)
+        memory = accelmod.AccelMemory(self.paths.accel_file)
+        fingerprint = accelmod.host_fingerprint(version)
+        choices = accelmod.plan(self.config.accel, accelmod.host_os(), memory, fingerprint)
+        for i, choice in enumerate(choices):
+            self.report(accel=choice.accel, accel_reason=choice.reason)
+            try:
+                self.launch(image, choice.accel)
+            except AccelFailed as e:
+                memory.record(choice.accel, fingerprint, False, str(e))
+                if i + 1 == len(choices):
+                    raise VmctlError(
+                        f"the machine did not boot with {choice.accel}: {e}",
+                        hint="try the software accelerator: set \"accel\": \"tcg\" "
+                        f"in {self.files.config}",
+                        detail=ConsoleLog(self.files.serial_log).tail(),
+                    ) from None
+                self.warn(
+                    f"{choice.accel} failed ({e}); booting with tcg instead (slower). "
+                    "This is remembered for this host; `vmctl machine doctor` explains."
+                )
+                continue
+            if choice.accel != "tcg":
+                memory.record(choice.accel, fingerprint, True, "booted")
+            return
+
+    def launch(self, image: BootImage, accel: str) -> None:
+        assert self.config is not None
+        explicit = self.config.ssh_port
+        for attempt in range(3):
+            port = explicit or free_port()
+            if explicit:
+                check_port_free(port)
+            argv = build_argv(self.config, self.files, image, accel, port, accelmod.host_os())
+            self.files.serial_log.unlink(missing_ok=True)
+            log.info("starting QEMU (%s, ssh on 127.0.0.1:%d): %s", accel, port, " ".join(argv))
+            with open(self.files.qemu_log, "wb") as qlog:
+                popen = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # QEMU outlives a crashed host agent
+                )
+            self.qemu = QemuProcess(popen.pid, popen)
+            self.report(qemu_pid=popen.pid, ssh_port=port)
+            try:
+                self.wait_for_boot(accel)
+            except AccelFailed as e:
+                if "host forwarding rule" in str(e) and not explicit and attempt < 2:
+                    continue  # another process took the free port first: pick again
+                raise
+            self.connect(port)
+            return
+
+    def wait_for_boot(self, accel: str) -> None:
+        assert self.qemu is not None
+        console = ConsoleLog(self.files.serial_log)
+        started = time.monotonic()
+        progressed = False
+        while True:
+            for line in console.new_lines():
+                if BOOT_PROGRESS in line:
+                    progressed = True
+                if GUEST_ERROR in line:
+                    message = line.split(GUEST_ERROR, 1)[1].strip()
+                    self.qemu.kill()
+                    raise VmctlError(
+                        f"the guest failed to boot: {message}",
+                        hint=f"the full console log is {self.files.serial_log}",
+                        detail=console.tail(),
+                    )
+                if READY in line:
+                    log.info("guest ready after %.1f s: %s", time.monotonic() - started, line)
+                    return
+            code = self.qemu.exit_code()
+            if code is not None:
+                qemu_said = self.qemu_log_tail()
+                message = f"QEMU exited during boot ({describe_exit(code)}): {qemu_said}"
+                if accel != "tcg":
+                    raise AccelFailed(message)
+                if "host forwarding rule" in qemu_said:
+                    raise AccelFailed(message)
+                raise VmctlError(
+                    message,
+                    hint="if the guest ran out of memory, give it more: "
+                    f"edit memory_mib in {self.files.config}",
+                    detail=console.tail(),
+                )
+            elapsed = time.monotonic() - started
+            if accel != "tcg" and not progressed and elapsed > HARDWARE_PROGRESS_BOUND:
+                self.qemu.kill()
+                raise AccelFailed(f"no boot progress within {HARDWARE_PROGRESS_BOUND:.0f} s")
+            if elapsed > BOOT_DEADLINE:
+                self.qemu.kill()
+                raise VmctlError(
+                    f"the machine did not finish booting within {BOOT_DEADLINE:.0f} s",
+                    hint=f"the full console log is {self.files.serial_log}",
+                    detail=console.tail(),
+                )
+            if self.stop_event.is_set():
+                self.qemu.kill()
+                raise StopRequested()
+            time.sleep(0.05)
+
+    def qemu_log_tail(self) -> str:
+        try:
+            lines = self.files.qemu_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " / ".join(lines[-3:])
+
+    # -- ssh and engine ---------------------------------------------------------------
+
+    def connect(self, port: int) -> None:
+        transport = SSHTransport(
+            host="127.0.0.1",
+            port=port,
+            client_key=self.files.client_key,
+            host_public_line=read_public_line(self.files.host_key.with_suffix(".pub")),
+        )
+        transport.wait_until_connected(time.monotonic() + SSH_DEADLINE)
+        self.transport = transport
+        client.ping(self.open_engine_channel())
+        log.info("engine answers through SSH")
+
+    def adopt(self) -> bool:
+        """Take over a QEMU left running by a host agent that died; False if it cannot."""
+        from vmctl.status import read_status
+
+        old = read_status(self.files.status)
+        pid = procs.live_pid(self.files.qemu_pid, str(self.files.dir))
+        if old is None or pid is None or not old.ssh_port:
+            return False
+        self.qemu = QemuProcess(pid)
+        self.report(qemu_pid=pid, ssh_port=old.ssh_port, accel=old.accel,
+                    accel_reason=old.accel_reason)
+        try:
+            self.connect(old.ssh_port)
+        except VmctlError as e:
+            self.warn(f"could not take over the running VM ({e.message}); restarting it")
+            self.power_down()
+            return False
+        log.info("adopted running QEMU pid %d", pid)
+        return True
+
+    def open_engine_channel(self) -> paramiko.Channel:
+        """A channel to the guest's engine socket, reconnecting SSH if it dropped."""
+        with self.transport_lock:
+            assert self.transport is not None
+            if not self.transport.is_active():
+                log.warning("SSH transport dropped; reconnecting")
+                self.transport.close()
+                self.transport.wait_until_connected(time.monotonic() + 10)
+            transport = self.transport
+        return transport.open_unix_channel(GUEST_ENGINE_SOCKET)
+
+    def serve_engine(self) -> None:
+        self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.open_engine_channel)
+        self.forwarder.start()
+        self.report(RUNNING, ready_at=time.time(), message="")
+        log.info("engine served at %s", self.files.engine_socket)
+
+    def supervise(self) -> str:
+        """Run until asked to stop or until QEMU goes away; say how it ended."""
+        assert self.qemu is not None
+        while not self.stop_event.wait(0.2):
+            code = self.qemu.exit_code()
+            if code is not None:
+                if code == 0:
+                    return "the guest powered off"
+                return f"QEMU exited unexpectedly ({describe_exit(code)})"
+        return "stopped"
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def power_down(self) -> None:
+        """ACPI power button through QMP, wait, then quit, then kill."""
+        qemu = self.qemu
+        if qemu is None or qemu.exit_code() is not None:
+            return
+        self.qmp("system_powerdown")
+        deadline = time.monotonic() + POWERDOWN_TIMEOUT
+        while time.monotonic() < deadline and qemu.exit_code() is None:
+            time.sleep(0.1)
+        if qemu.exit_code() is None:
+            log.warning("guest did not power off within %.0f s; quitting QEMU", POWERDOWN_TIMEOUT)
+            self.qmp("quit")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and qemu.exit_code() is None:
+                time.sleep(0.1)
+        if qemu.exit_code() is None:
+            log.warning("QEMU still running; killing it")
+            qemu.kill()
+
+    def qmp(self, command: str) -> None:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        try:
+            monitor = QEMUMonitorProtocol(str(self.files.qmp_socket))
+            monitor.settimeout(5)
+            monitor.connect()
+            try:
+                monitor.cmd(command)
+            finally:
+                monitor.close()
+        except Exception as e:  # QMP may already be gone with QEMU
+            log.warning("QMP %s failed: %s", command, e)
+
+    def shutdown(self) -> None:
+        if self.status.state in (RUNNING, STARTING):
+            self.report(STOPPING)
+        if self.forwarder is not None:
+            self.forwarder.stop()
+            self.forwarder = None
+        if self.qemu is not None and self.qemu.exit_code() is None:
+            self.power_down()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        for path in (self.files.qmp_socket, self.files.qemu_pid, self.files.engine_socket):
+            path.unlink(missing_ok=True)
+
+
+_held_locks: list[object] = []
+
+
+def take_lock(path: Path) -> bool:
+    """One host agent per machine: an flock held for the life of the process."""
+    if sys.platform == "win32":
+        return True
+    import fcntl
+
+    handle = open(path, "a")  # noqa: SIM115 - held open until the process exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False
+    _held_locks.append(handle)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmctl-hostagent")
+    parser.add_argument("--dir", required=True, type=Path, help="the machine directory")
+    parser.add_argument("--adopt", action="store_true", help="take over a running QEMU")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    files = MachineFiles(args.dir.absolute())
+    return HostAgent(Paths.from_env(), files).run(adopt=args.adopt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Pid files and process checks. A pid is only trusted when the process behind it is
+still ours: pids are reused, so every check also matches the command line against a
+marker (the machine directory, which appears in both QEMU's and the host agent's argv).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def write_pid(path: Path, pid: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+def alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+    return True
+
+
+def command_line(pid: int) -> str:
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.exists():
+        try:
+            return proc.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+    if sys.platform == "win32":
+        return ""
+    try:
+        return subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def live_pid(path: Path, marker: str) -> int | None:
+    """The pid in `path` if that process is alive and its command line holds `marker`."""
+    pid = read_pid(path)
+    if pid is None or not alive(pid):
+        return None
+    if sys.platform != "win32" and marker not in command_line(pid):
+        return None
+    return pid
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def terminate(pid: int, timeout: float) -> bool:
+    """SIGTERM, wait, then SIGKILL. True if the process is gone afterwards."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        if wait_gone(pid, wait):
+            return True
+    return False
+
+
+def spawn_daemon(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
+    """Start a background process in its own session, detached from the terminal."""
+    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=devnull,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    return proc.pid

@@ -1,0 +1,34 @@
+"""The machine settings the guest reads at boot (fw_cfg opt/vmctl/config).
+
+A shell fragment the guest's boot steps source: every value is shell-quoted, and
+VMCTL_SHARES holds one "TAG MODE PATH" line per shared folder (PATH may hold spaces).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from vmctl.config import MachineConfig
+from vmctl.qemu import DATA_DISK_SERIAL, share_tag
+
+
+def seed_config_text(config: MachineConfig) -> str:
+    shares = "\n".join(
+        f"{share_tag(i)} {'rw' if m.writable else 'ro'} {m.guest_path}"
+        for i, m in enumerate(config.mounts)
+    )
+    values = {
+        "VMCTL_MACHINE": config.name,
+        "VMCTL_HOSTNAME": config.name,
+        "VMCTL_DATA_SERIAL": DATA_DISK_SERIAL,
+        "VMCTL_SHARES": shares,
+    }
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def write_seed_config(path: Path, config: MachineConfig) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(seed_config_text(config))
+    os.replace(tmp, path)
