@@ -1,0 +1,66 @@
+"""The agent process: listen, announce readiness, serve until SIGTERM/SIGINT, clean up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from agent import __version__
+from agent.api.routes import build_router
+from agent.api.server import Server
+from agent.api.unix_listener import ListenerError, open_unix_listener, remove_socket_file
+from agent.api.versions import API_VERSION
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/vmctl/engine.sock"
+
+
+def readiness_line(socket_path: str) -> str:
+    """The line the host watches for on the console to know the engine is up."""
+    return f"VMCTL-READY agent={__version__} api={API_VERSION} socket={socket_path}\n"
+
+
+def announce(path: str, socket_path: str) -> None:
+    """Write the readiness line to ``path`` (the console in the VM); failures only logged."""
+    try:
+        # O_NOCTTY: opening a terminal must not make it our controlling terminal
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY, 0o644)
+        try:
+            os.write(fd, readiness_line(socket_path).encode())
+        finally:
+            os.close(fd)
+    except OSError as error:
+        log.error("could not announce readiness on %s: %s", path, error)
+
+
+def run(socket_path: str, announce_path: str | None = None) -> int:
+    """Serve the Engine API on ``socket_path``; the exit status for the process."""
+    try:
+        listener, identity = open_unix_listener(socket_path)
+    except ListenerError as error:
+        log.error("%s", error)
+        return 1
+    server = Server(listener, build_router())
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("vmctl agent %s serving API %s on %s", __version__, API_VERSION, socket_path)
+    if announce_path:
+        announce(announce_path, socket_path)
+    status = 0
+    try:
+        server.serve_forever()
+    except Exception:
+        log.exception("the accept loop failed")
+        status = 1
+    finally:
+        server.close()
+        remove_socket_file(socket_path, identity)
+        log.info("stopped")
+    return status

@@ -1,0 +1,184 @@
+"""Pure pieces of the agent: versions, routing, query parsing, machine facts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.api.request import parse_query, unquote
+from agent.api.router import MethodNotAllowed, Router, compile_pattern, split_version
+from agent.api.versions import (
+    API_VERSION,
+    MIN_API_VERSION,
+    check_client_version,
+    compare_versions,
+)
+from agent.daemon import readiness_line
+from agent.errors import AgentError, BadRequest, Conflict, NotFound
+from agent.sysinfo import go_arch, os_description, parse_os_release, python_version
+
+
+def test_served_versions() -> None:
+    assert (API_VERSION, MIN_API_VERSION) == ("1.50", "1.24")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("1.50", "1.50", 0),
+        ("1.9", "1.24", -1),  # numeric, not lexical
+        ("1.100", "1.50", 1),
+        ("1.50.0", "1.50", 0),
+        ("2", "1.99", 1),
+        ("1.x", "1.0", 0),  # like moby: a part that is not a number counts as 0
+    ],
+)
+def test_compare_versions(a: str, b: str, expected: int) -> None:
+    assert compare_versions(a, b) == expected
+
+
+def test_check_client_version_bounds() -> None:
+    check_client_version("1.24")
+    check_client_version("1.50")
+    with pytest.raises(BadRequest, match="too old"):
+        check_client_version("1.23")
+    with pytest.raises(BadRequest, match="too new"):
+        check_client_version("1.51")
+
+
+def test_errors_carry_their_status() -> None:
+    assert AgentError(418, "teapot").status == 418
+    assert (BadRequest("x").status, NotFound("x").status, Conflict("x").status) == (
+        400,
+        404,
+        409,
+    )
+    assert str(NotFound("No such container: abc")) == "No such container: abc"
+
+
+def test_split_version() -> None:
+    assert split_version("/v1.50/containers/json") == ("1.50", "/containers/json")
+    assert split_version("/_ping") == (None, "/_ping")
+    assert split_version("/v1.50") == (None, "/v1.50")
+    assert split_version("/vx/_ping") == (None, "/vx/_ping")
+
+
+def test_compile_pattern() -> None:
+    regex = compile_pattern("/containers/{id}/json")
+    found = regex.fullmatch("/containers/abc/json")
+    assert found is not None and found.groupdict() == {"id": "abc"}
+    assert regex.fullmatch("/containers/a/b/json") is None
+    greedy = compile_pattern("/images/{name:.+}/push")
+    found = greedy.fullmatch("/images/localhost:5000/a/b/push")
+    assert found is not None and found["name"] == "localhost:5000/a/b"
+    assert compile_pattern("/a.b").fullmatch("/aXb") is None  # literals are escaped
+
+
+def test_router_resolution_and_lazy_handlers() -> None:
+    router = Router()
+    router.add(("GET", "HEAD"), "/_ping", "agent.api.system:ping")
+    router.add("DELETE", "/containers/{id}", "agent.api.system:version")
+    match = router.resolve("HEAD", "/v1.41/_ping")
+    assert (match.version, match.params) == ("1.41", {})
+    from agent.api import system
+
+    assert match.route.handler is system.ping  # imported on first use
+    assert router.resolve("DELETE", "/containers/x").params == {"id": "x"}
+    with pytest.raises(MethodNotAllowed) as not_allowed:
+        router.resolve("PUT", "/_ping")
+    assert not_allowed.value.allowed == ["GET", "HEAD"]
+    with pytest.raises(NotFound, match="page not found"):
+        router.resolve("GET", "/nothing")
+
+
+def test_only_the_system_module_is_imported_at_start() -> None:
+    # the route table must not pull handler modules in; they load on first request
+    code = (
+        "import sys, agent.__main__; "
+        "print(sorted(m for m in sys.modules if m.startswith('agent.api.system')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_startup_avoids_heavy_modules() -> None:
+    heavy = ["asyncio", "http.server", "http.client", "email", "urllib.request", "ssl",
+             "dataclasses", "typing", "inspect", "platform", "subprocess"]  # fmt: skip
+    code = (
+        "import sys, agent.__main__, agent.api.system; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_parse_query() -> None:
+    assert parse_query("a=1&b=x&b=y+z&flag&=&c=%7B%22k%22%3A1%7D") == {
+        "a": ["1"],
+        "b": ["x", "y z"],
+        "flag": [""],
+        "": [""],
+        "c": ['{"k":1}'],
+    }
+    assert parse_query("") == {}
+
+
+def test_unquote() -> None:
+    assert unquote("a%20b+c") == "a b+c"
+    assert unquote("a+b", plus_is_space=True) == "a b"
+    assert unquote("caf%C3%A9") == "café"
+    assert unquote("100%") == "100%"  # an invalid escape stays as it is
+
+
+def test_os_release(tmp_path: Path) -> None:
+    text = (
+        "# comment\n"
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
+        "NAME='Debian'\n"
+        'QUOTED="say \\"hi\\""\n'
+        "ID=debian\n"
+    )
+    assert parse_os_release(text) == {
+        "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)",
+        "NAME": "Debian",
+        "QUOTED": 'say "hi"',
+        "ID": "debian",
+    }
+    release = tmp_path / "os-release"
+    release.write_text(text)
+    assert os_description((str(tmp_path / "missing"), str(release))) == (
+        "Debian GNU/Linux 12 (bookworm)"
+    )
+    assert os_description((str(tmp_path / "missing"),)) == "Linux"
+
+
+def test_go_arch() -> None:
+    assert go_arch("x86_64") == "amd64"
+    assert go_arch("aarch64") == "arm64"
+    assert go_arch("armv7l") == "arm"
+    assert go_arch("mips64") == "mips64"
+
+
+def test_python_version() -> None:
+    assert python_version() == "python{}.{}.{}".format(*sys.version_info[:3])
+
+
+def test_readiness_line() -> None:
+    line = readiness_line("/run/vmctl/engine.sock")
+    assert line.startswith("VMCTL-READY agent=")
+    assert line.endswith(" api=1.50 socket=/run/vmctl/engine.sock\n")
