@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.daemon import DEFAULT_SOCKET, run
+from agent.daemon import DEFAULT_SOCKET, run, wait_for
 from agent.logsetup import configure_logging
 
 
@@ -31,12 +31,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=str.upper,
         help="least severe level logged (default INFO)",
     )
+    parser.add_argument(
+        "--wait-for",
+        metavar="PATH",
+        help="start up, then wait until PATH exists before logging and listening "
+        "(in the VM: the end of the boot, so Python's start-up overlaps it)",
+    )
     parser.add_argument("--version", action="version", version=f"vmctl agent {__version__}")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.wait_for:
+        wait_for(args.wait_for)
     try:
         configure_logging(args.log_file, args.log_level)
     except OSError as error:

@@ -35,6 +35,20 @@ def announce(path: str, socket_path: str) -> None:
         log.error("could not announce readiness on %s: %s", path, error)
 
 
+def wait_for(path: str, poll: float = 0.02) -> None:
+    """Finish start-up work now, then block until ``path`` exists.
+
+    The handlers are imported lazily on first request; importing them here moves that
+    cost into the wait, which in the VM runs beside the rest of the boot.
+    """
+    import importlib
+    import time
+
+    importlib.import_module("agent.api.system")
+    while not os.path.exists(path):
+        time.sleep(poll)
+
+
 def run(socket_path: str, announce_path: str | None = None) -> int:
     """Serve the Engine API on ``socket_path``; the exit status for the process."""
     try:

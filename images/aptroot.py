@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from images.errors import ImageBuildError
 from images.recipe import Recipe
 from images.records import PackageRecord, iter_stanzas, newest_records
 
-LISTS_MAX_AGE = 24 * 3600  # seconds; older lists are refreshed before a build
 Progress = Callable[[str], None]
 
 
@@ -112,9 +110,12 @@ class AptRoot:
         return any(self.lists.glob("*_Packages*"))
 
     def update(self, refresh: bool = False) -> None:
-        """Run `apt-get update` when lists are missing, older than a day, or on refresh."""
-        fresh = self.stamp.exists() and time.time() - self.stamp.stat().st_mtime < LISTS_MAX_AGE
-        if self._has_lists() and fresh and not refresh:
+        """Run `apt-get update` when there are no lists yet, or on refresh.
+
+        Never on its own schedule: new package versions change the image, and that should
+        happen when the user asks (`vmctl image build --refresh`), not at some start.
+        """
+        if self._has_lists() and self.stamp.exists() and not refresh:
             return
         self._prepare()
         self.progress("updating package lists (apt-get update)")

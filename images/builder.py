@@ -245,7 +245,7 @@ def _build_base(
         raise ImageBuildError(f"cannot tell the kernel package among {kernel_pkg}")
     started = time.monotonic()
     release, vmlinuz, vmlinux, load_order = install_kernel(
-        debs[kernel_pkg[0]["name"]].read_bytes(), recipe.modules, tree
+        debs[kernel_pkg[0]["name"]].read_bytes(), recipe.module_sets, tree
     )
     progress(
         f"[5/{STEPS}] kernel {release}: {len(load_order)} modules, vmlinux "
@@ -284,6 +284,7 @@ def _build_base(
     meta: dict[str, Any] = {
         "key": key,
         "kernel_release": release,
+        "vmlinux_sha256": _sha256(vmlinux),
         "modules": load_order,
         "python_compiled": python is not None,
         "busybox_image_id": image.image_id,
@@ -293,6 +294,10 @@ def _build_base(
             "sha256": _sha256(packed),
             "uncompressed_size": len(raw),
             "uncompressed_sha256": _sha256(raw),
+            # The size to ship the image at, whatever the boot archive's own compression.
+            "gzip_size": len(packed)
+            if recipe.compression == "gzip"
+            else len(compress(raw, "gzip", 6)),
         },
         "files": describe(tree, "base"),
     }
@@ -426,12 +431,26 @@ def _build_locked(
         progress(f"[3/{STEPS}] base {key[:12]} cached (steps 3-6 skipped)")
     overlay_bytes, overlay_meta = _overlay(recipe, base, cache_dir, progress)
 
+    # The id comes from hashes already recorded, so an unchanged image is recognised
+    # without reading (or rewriting) a hundred megabytes at every machine start.
+    vmlinux = (
+        (base.directory / "vmlinux").read_bytes() if "vmlinux_sha256" not in base.meta else b""
+    )
+    kernel_sha = base.meta.get("vmlinux_sha256") or _sha256(vmlinux)
+    image_id = _sha256(
+        f"{kernel_sha}\0{base.meta['archive']['sha256']}\0{overlay_meta['archive']['sha256']}".encode()
+    )[:12]
+    existing = current_image(images_dir, image_id, base.meta["kernel_release"])
+    if existing is not None:
+        _write_pointer(images_dir, image_id, base.meta["kernel_release"])
+        progress(f"image {image_id} is up to date ({time.monotonic() - started:.1f} s)")
+        return existing
+
     initrd = base.archive.read_bytes() + overlay_bytes
-    vmlinux = (base.directory / "vmlinux").read_bytes()
+    vmlinux = vmlinux or (base.directory / "vmlinux").read_bytes()
     vmlinuz = (base.directory / "vmlinuz").read_bytes()
     busybox_tar = base.directory / "busybox.tar"
-    kernel_sha, initrd_sha = _sha256(vmlinux), _sha256(initrd)
-    image_id = _sha256(f"{kernel_sha}\0{initrd_sha}".encode())[:12]
+    initrd_sha = _sha256(initrd)
     manifest = {
         "image_id": image_id,
         "builder_version": BUILDER_VERSION,
@@ -511,18 +530,31 @@ def _write_output(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    pointer = {"image_id": image_id, "kernel_release": release}
-    _write_atomic(images_dir / "current", _json_bytes(pointer))
+    _write_pointer(images_dir, image_id, release)
     return _image_paths(final, image_id, release)
 
 
-def current_image(images_dir: Path) -> BuiltImage | None:
-    """The image named by `<images_dir>/current`, if it and its files exist."""
+def _write_pointer(images_dir: Path, image_id: str, release: str) -> None:
+    pointer = {"image_id": image_id, "kernel_release": release}
+    if (images_dir / "current").is_file():
+        try:
+            if json.loads((images_dir / "current").read_text()) == pointer:
+                return
+        except ValueError:
+            pass
+    _write_atomic(images_dir / "current", _json_bytes(pointer))
+
+
+def current_image(
+    images_dir: Path, image_id: str | None = None, release: str | None = None
+) -> BuiltImage | None:
+    """The image named by `<images_dir>/current` (or the one given), if its files exist."""
     try:
-        pointer = json.loads((images_dir / "current").read_text())
-        image = _image_paths(
-            images_dir / pointer["image_id"], pointer["image_id"], pointer["kernel_release"]
-        )
+        if image_id is None or release is None:
+            pointer = json.loads((images_dir / "current").read_text())
+            image_id, release = pointer["image_id"], pointer["kernel_release"]
+        assert image_id is not None and release is not None
+        image = _image_paths(images_dir / image_id, image_id, release)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     files = (image.kernel, image.kernel_compressed, image.initrd, image.manifest, image.busybox_tar)

@@ -202,9 +202,9 @@ def modules_softdep(selection: ModuleSelection) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def modules_load(selection: ModuleSelection) -> str:
-    """One path per line, in load order: what the guest init insmods at boot."""
-    return "".join(f"{m.path}\n" for m in selection.load_order)
+def modules_load(selection: ModuleSelection, only: set[str] | None = None) -> str:
+    """One path per line, in load order (optionally only the modules named in `only`)."""
+    return "".join(f"{m.path}\n" for m in selection.load_order if only is None or m.name in only)
 
 
 def builtin_names(modules_builtin: str) -> set[str]:

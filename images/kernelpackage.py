@@ -47,9 +47,14 @@ class _LazyModules(Mapping[str, KernelModule]):
 
 
 def install_kernel(
-    deb: bytes, wanted: Sequence[str], tree: Tree
+    deb: bytes, module_sets: Sequence[tuple[str, Sequence[str]]], tree: Tree
 ) -> tuple[str, bytes, bytes, list[str]]:
     """Add the kept modules and their metadata files to `tree`.
+
+    Each named set becomes modules.<name>: its modules and their dependencies that no
+    earlier set loads, in load order. The guest loads each set at its own point of the
+    boot: under tcg every insmod costs tens of milliseconds, so each step waits only for
+    what it needs. modules.load lists them all.
 
     Returns (release, vmlinuz, vmlinux, module names in load order). The package's
     data.tar is held in memory once; only the modules visited are read.
@@ -78,7 +83,16 @@ def install_kernel(
             reader(prefix + "modules.builtin")() if prefix + "modules.builtin" in members else b""
         )
         index = _LazyModules(modules, prefix)
-        selection = select_modules(index, wanted, builtin_names(builtin_text.decode()))
+        builtin = builtin_names(builtin_text.decode())
+        wanted: list[str] = []
+        set_members: list[tuple[str, set[str]]] = []
+        loaded: set[str] = set()
+        for name, set_modules in module_sets:
+            wanted += set_modules
+            names = {m.name for m in select_modules(index, wanted, builtin).load_order}
+            set_members.append((name, names - loaded))
+            loaded |= names
+        selection = select_modules(index, wanted, builtin)
         target = f"usr/lib/modules/{release}"
         for module in selection.load_order:
             data = reader(prefix + module.path)()
@@ -94,6 +108,10 @@ def install_kernel(
         meta_files = {
             "modules.dep": modules_dep(selection),
             "modules.load": modules_load(selection),
+            **{
+                f"modules.{name}": modules_load(selection, only=names)
+                for name, names in set_members
+            },
             "modules.alias": modules_alias(selection),
             "modules.softdep": modules_softdep(selection),
             "modules.builtin": builtin_text.decode(),

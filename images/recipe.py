@@ -39,7 +39,9 @@ class Recipe:
     install: tuple[str, ...]
     exclude: tuple[str, ...]
     kernel_package: str
-    modules: tuple[str, ...]  # a trailing "?" marks a module that may be absent
+    # Named module sets in load order (e.g. boot, storage, later); each becomes
+    # modules.<name> in the guest. A trailing "?" marks a module that may be absent.
+    module_sets: tuple[tuple[str, tuple[str, ...]], ...]
     prune: tuple[str, ...]
     python_stdlib: str
     python_interpreter: str
@@ -109,7 +111,11 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
         install=_strings(packages, "install", "packages"),
         exclude=_strings(packages, "exclude", "packages"),
         kernel_package=_get(kernel, "package", str, "kernel"),
-        modules=_strings(kernel, "modules", "kernel"),
+        module_sets=tuple(
+            (name, _strings(sets, name, "kernel.modules"))
+            for sets in [_get(kernel, "modules", dict, "kernel")]
+            for name in sets
+        ),
         prune=_strings(_get(data, "prune", dict, ""), "paths", "prune"),
         python_stdlib=_get(python, "stdlib", str, "python"),
         python_interpreter=_get(python, "interpreter", str, "python"),

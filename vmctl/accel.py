@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HARDWARE = {"linux": "kvm", "darwin": "hvf", "windows": "whpx"}
 
@@ -65,7 +66,7 @@ class AccelMemory:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _load(self) -> dict[str, dict[str, str]]:
+    def _load(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -91,7 +92,7 @@ class AccelMemory:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
 
-    def entries(self) -> dict[str, dict[str, str]]:
+    def entries(self) -> dict[str, dict[str, Any]]:
         return self._load()
 
 
@@ -104,8 +105,14 @@ def plan(requested: str, os_name: str, memory: AccelMemory, fingerprint: str) ->
         return [Choice(requested, "requested in the machine config")]
     hardware = HARDWARE.get(os_name)
     if requested == "tcg" or hardware is None:
-        return [Choice("tcg", "requested in the machine config" if requested == "tcg"
-                       else f"no hardware accelerator for {os_name}")]
+        return [
+            Choice(
+                "tcg",
+                "requested in the machine config"
+                if requested == "tcg"
+                else f"no hardware accelerator for {os_name}",
+            )
+        ]
     ok, why = hardware_available(os_name)
     if not ok:
         return [Choice("tcg", f"{hardware} unavailable: {why}")]

@@ -130,18 +130,23 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_ls(paths: Paths, args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_machines(paths):
         machine = Machine(paths, name)
         try:
             config = machine.config()
             status = machine.status(check_engine=False)
-            rows.append({
-                "name": name, "state": status.state.value, "cpus": config.cpus,
-                "memory_mib": config.memory_mib, "disk_gib": config.disk_gib,
-                "accel": status.agent.accel if status.agent else "",
-                "engine": f"unix://{machine.files.engine_socket}",
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "state": status.state.value,
+                    "cpus": config.cpus,
+                    "memory_mib": config.memory_mib,
+                    "disk_gib": config.disk_gib,
+                    "accel": status.agent.accel if status.agent else "",
+                    "engine": f"unix://{machine.files.engine_socket}",
+                }
+            )
         except VmctlError as e:
             rows.append({"name": name, "state": "broken", "error": e.message})
     if args.format == "json":
@@ -149,15 +154,20 @@ def cmd_ls(paths: Paths, args: argparse.Namespace) -> int:
         return 0
     header = ("NAME", "STATE", "CPUS", "MEMORY", "DISK", "ACCEL", "ENGINE")
     table = [header] + [
-        (r["name"], r["state"], str(r.get("cpus", "")),
-         f"{r['memory_mib']}MiB" if "memory_mib" in r else "",
-         f"{r['disk_gib']}GiB" if "disk_gib" in r else "", r.get("accel", ""),
-         r.get("engine", r.get("error", "")))
+        (
+            r["name"],
+            r["state"],
+            str(r.get("cpus", "")),
+            f"{r['memory_mib']}MiB" if "memory_mib" in r else "",
+            f"{r['disk_gib']}GiB" if "disk_gib" in r else "",
+            r.get("accel", ""),
+            r.get("engine", r.get("error", "")),
+        )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -177,22 +187,34 @@ def env_lines(socket: Path, shell: str, unset: bool, name: str) -> list[str]:
     host = f"unix://{socket}"
     context = docker_context.context_name(name)
     if shell == "fish":
-        return ["set -e DOCKER_HOST;"] if unset else [
-            f"set -gx DOCKER_HOST {shlex.quote(host)};",
-            f"# or: docker --context {context}",
-        ]
+        return (
+            ["set -e DOCKER_HOST;"]
+            if unset
+            else [
+                f"set -gx DOCKER_HOST {shlex.quote(host)};",
+                f"# or: docker --context {context}",
+            ]
+        )
     if shell == "powershell":
-        return ["Remove-Item Env:\\DOCKER_HOST"] if unset else [
-            f"$Env:DOCKER_HOST = \"{host}\"",
-            f"# or: docker --context {context}",
-        ]
+        return (
+            ["Remove-Item Env:\\DOCKER_HOST"]
+            if unset
+            else [
+                f'$Env:DOCKER_HOST = "{host}"',
+                f"# or: docker --context {context}",
+            ]
+        )
     if shell == "cmd":
         return ["SET DOCKER_HOST="] if unset else [f"SET DOCKER_HOST={host}"]
-    return ["unset DOCKER_HOST"] if unset else [
-        f"export DOCKER_HOST={shlex.quote(host)}",
-        f"# or: docker --context {context}",
-        f'# Run this command to configure your shell: eval "$(vmctl machine env {name})"',
-    ]
+    return (
+        ["unset DOCKER_HOST"]
+        if unset
+        else [
+            f"export DOCKER_HOST={shlex.quote(host)}",
+            f"# or: docker --context {context}",
+            f'# Run this command to configure your shell: eval "$(vmctl machine env {name})"',
+        ]
+    )
 
 
 def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
@@ -202,8 +224,10 @@ def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
     for line in env_lines(machine.files.engine_socket, shell, args.unset, args.name):
         print(line)
     if not args.unset and machine.status(check_engine=False).state != State.RUNNING:
-        progress(f"note: machine {args.name!r} is not running; start it with "
-                 f"`vmctl machine start {args.name}`")
+        progress(
+            f"note: machine {args.name!r} is not running; start it with "
+            f"`vmctl machine start {args.name}`"
+        )
     return 0
 
 
@@ -230,10 +254,25 @@ def ssh_argv(machine: Machine, port: int, command: Sequence[str], tty: bool) -> 
         raise VmctlError("no `ssh` client on PATH", hint="install OpenSSH's client")
     f = machine.files
     argv = [
-        ssh, "-F", os.devnull, "-i", str(f.client_key), "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={f.known_hosts}", "-o", f"HostKeyAlias={f.ssh_alias}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "PasswordAuthentication=no",
-        "-o", "LogLevel=ERROR", "-p", str(port),
+        ssh,
+        "-F",
+        os.devnull,
+        "-i",
+        str(f.client_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={f.known_hosts}",
+        "-o",
+        f"HostKeyAlias={f.ssh_alias}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        str(port),
     ]
     argv.append("-t" if tty else "-T")
     argv.append("root@127.0.0.1")
@@ -258,7 +297,10 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
     machine.require()
     f = machine.files
     wanted = [k for k in ("console", "hostagent", "agent") if getattr(args, k)] or [
-        "console", "hostagent", "agent"]
+        "console",
+        "hostagent",
+        "agent",
+    ]
     for kind in wanted:
         if len(wanted) > 1:
             print(f"==> {kind} <==")
@@ -291,7 +333,9 @@ def guest_agent_log(machine: Machine, lines: int) -> str:
 
     f = machine.files
     transport = SSHTransport(
-        host="127.0.0.1", port=status.agent.ssh_port, client_key=f.client_key,
+        host="127.0.0.1",
+        port=status.agent.ssh_port,
+        client_key=f.client_key,
         host_public_line=read_public_line(f.host_key.with_suffix(".pub")),
     )
     transport.connect(timeout=15)
@@ -326,8 +370,9 @@ def cmd_image_build(paths: Paths, args: argparse.Namespace) -> int:
     from images.errors import ImageBuildError
 
     try:
-        built = build_image(paths.images, paths.build_cache, progress=progress,
-                            refresh=args.refresh)
+        built = build_image(
+            paths.images, paths.build_cache, progress=progress, refresh=args.refresh
+        )
     except ImageBuildError as e:
         raise VmctlError(f"image build failed: {e.message}", hint=e.hint) from None
     print(f"image {built.image_id}: kernel {built.kernel_release}, initrd {built.initrd}")
@@ -341,12 +386,21 @@ def add_creation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", type=int, help="virtual CPUs (default 2)")
     p.add_argument("--memory", help="memory, e.g. 2G or 2048M (default 2G)")
     p.add_argument("--disk", help="data disk size, e.g. 20G (default 20G)")
-    p.add_argument("--mount", action="append", metavar="PATH[:ro]",
-                   help="share a host folder at the same path (repeatable; default: your home)")
+    p.add_argument(
+        "--mount",
+        action="append",
+        metavar="PATH[:ro]",
+        help="share a host folder at the same path (repeatable; default: your home)",
+    )
     p.add_argument("--no-mount", action="store_true", help="share no host folder")
-    p.add_argument("--accel", choices=("auto", "kvm", "hvf", "whpx", "tcg"),
-                   help="accelerator (default auto: hardware if it works, else tcg)")
-    p.add_argument("--ssh-port", type=int, help="host port for the guest's sshd (default: any free)")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "hvf", "whpx", "tcg"),
+        help="accelerator (default auto: hardware if it works, else tcg)",
+    )
+    p.add_argument(
+        "--ssh-port", type=int, help="host port for the guest's sshd (default: any free)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,8 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     def verb(name: str, func: Any, help: str, name_arg: bool = True) -> argparse.ArgumentParser:
         p = verbs.add_parser(name, help=help, description=help)
         if name_arg:
-            p.add_argument("name", nargs="?", default=DEFAULT_MACHINE,
-                           help=f"machine name (default {DEFAULT_MACHINE})")
+            p.add_argument(
+                "name",
+                nargs="?",
+                default=DEFAULT_MACHINE,
+                help=f"machine name (default {DEFAULT_MACHINE})",
+            )
         p.set_defaults(func=func)
         return p
 
@@ -374,9 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     verb("stop", cmd_stop, "power a machine down cleanly")
     verb("restart", cmd_restart, "stop and start a machine")
     verb("status", cmd_status, "show a machine's state").add_argument(
-        "--format", choices=("table", "json"), default="table")
+        "--format", choices=("table", "json"), default="table"
+    )
     verb("ls", cmd_ls, "list machines", name_arg=False).add_argument(
-        "--format", choices=("table", "json"), default="table")
+        "--format", choices=("table", "json"), default="table"
+    )
     rm = verbs.add_parser("rm", help="remove a machine and its disk")
     rm.add_argument("name")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if running")
@@ -391,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--hostagent", action="store_true", help="only the host agent")
     logs.add_argument("--agent", action="store_true", help="only the guest agent")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines of each (0: all)")
-    verb("doctor", cmd_doctor, "check QEMU, the accelerator, the image and the machine"
-         ).add_argument("--format", choices=("table", "json"), default="table")
+    verb(
+        "doctor", cmd_doctor, "check QEMU, the accelerator, the image and the machine"
+    ).add_argument("--format", choices=("table", "json"), default="table")
 
     image = top.add_parser("image", help="the VM image")
     image_verbs = image.add_subparsers(dest="verb", required=True)

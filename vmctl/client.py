@@ -60,9 +60,7 @@ def parse_response(data: bytes) -> Response:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
-        raise VmctlError(
-            f"the engine sent a malformed status line: {lines[0]!r}", hint=AGENT_HINT
-        )
+        raise VmctlError(f"the engine sent a malformed status line: {lines[0]!r}", hint=AGENT_HINT)
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")

@@ -25,8 +25,23 @@ MAX_CPUS = 256
 
 # Guest paths a share may not cover: the guest's own system directories.
 RESERVED_GUEST_PATHS = (
-    "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run",
-    "/sbin", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/lib/vmctl",
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/lib/vmctl",
 )
 
 
@@ -95,7 +110,9 @@ class MachineConfig:
                 f"memory {self.memory_mib} MiB is too small to boot the machine",
                 hint=f"use at least {MIN_MEMORY_MIB} MiB, e.g. --memory 1G",
             )
-        _check_int("memory (MiB)", self.memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB, "e.g. --memory 2G")
+        _check_int(
+            "memory (MiB)", self.memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB, "e.g. --memory 2G"
+        )
         if self.accel not in ACCELERATORS:
             raise VmctlError(
                 f"unknown accelerator {self.accel!r}", hint=f"use one of {', '.join(ACCELERATORS)}"
@@ -104,7 +121,8 @@ class MachineConfig:
         for m in self.mounts:
             if not isinstance(m.path, str) or not isinstance(m.writable, bool):
                 raise VmctlError(
-                    f"malformed mount {m!r}", hint='write mounts as {"path": "/abs", "writable": true}'
+                    f"malformed mount {m!r}",
+                    hint='write mounts as {"path": "/abs", "writable": true}',
                 )
             check_mount_path(m.path)
             if m.guest_path in seen:

@@ -25,11 +25,22 @@ def ensure_context(machine: str, engine_socket: Path) -> str | None:
         return None
     name = context_name(machine)
     host = f"host=unix://{engine_socket}"
-    exists = subprocess.run(
-        [docker, "context", "inspect", name], capture_output=True, timeout=30
-    ).returncode == 0
-    argv = [docker, "context", "update" if exists else "create", name,
-            "--description", f"vmctl machine {machine}", "--docker", host]
+    exists = (
+        subprocess.run(
+            [docker, "context", "inspect", name], capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
+    argv = [
+        docker,
+        "context",
+        "update" if exists else "create",
+        name,
+        "--description",
+        f"vmctl machine {machine}",
+        "--docker",
+        host,
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         log.warning("docker context %s failed: %s", name, result.stderr.strip())
@@ -41,5 +52,6 @@ def remove_context(machine: str) -> None:
     docker = shutil.which("docker")
     if docker is None:
         return
-    subprocess.run([docker, "context", "rm", "--force", context_name(machine)],
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        [docker, "context", "rm", "--force", context_name(machine)], capture_output=True, timeout=30
+    )

@@ -28,7 +28,8 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     qemu = shutil.which(binary)
     qemu_img = shutil.which("qemu-img")
     report["QEMU"] = [
-        f"{binary}: {qemu} ({first_line([qemu, '--version'])})" if qemu
+        f"{binary}: {qemu} ({first_line([qemu, '--version'])})"
+        if qemu
         else f"{binary}: NOT FOUND (apt-get install qemu-system-x86 qemu-utils)",
         f"qemu-img: {qemu_img}" if qemu_img else "qemu-img: NOT FOUND (apt-get install qemu-utils)",
     ]
@@ -36,8 +37,11 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     os_name = accelmod.host_os()
     hardware = accelmod.HARDWARE.get(os_name, "none")
     ok, why = accelmod.hardware_available(os_name)
-    version = first_line([qemu, "--version"]).replace("QEMU emulator version", "").strip() \
-        if qemu else "unknown"
+    version = (
+        first_line([qemu, "--version"]).replace("QEMU emulator version", "").strip()
+        if qemu
+        else "unknown"
+    )
     fingerprint = accelmod.host_fingerprint(version)
     memory = accelmod.AccelMemory(paths.accel_file)
     plan = accelmod.plan("auto", os_name, memory, fingerprint)
@@ -48,10 +52,14 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     ]
     for accel, entry in sorted(memory.entries().items()):
         verdict = "works" if entry.get("works") else "FAILED"
-        current = "" if entry.get("fingerprint") == fingerprint else " (another QEMU/kernel; "\
-            "will be tried again)"
-        lines.append(f"remembered: {accel} {verdict} at {entry.get('at')}: "
-                     f"{entry.get('reason')}{current}")
+        current = (
+            ""
+            if entry.get("fingerprint") == fingerprint
+            else " (another QEMU/kernel; will be tried again)"
+        )
+        lines.append(
+            f"remembered: {accel} {verdict} at {entry.get('at')}: {entry.get('reason')}{current}"
+        )
     if any(c.accel == "tcg" for c in plan[:1]):
         lines.append("tcg emulates the CPU in software: boots take seconds, builds run slower")
     report["Accelerator"] = lines
@@ -74,8 +82,11 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
             ]
 
     docker = shutil.which("docker")
-    report["Docker CLI"] = [f"{docker} ({first_line([docker, '--version'])})" if docker
-                            else "not installed (vmctl's own verbs still work)"]
+    report["Docker CLI"] = [
+        f"{docker} ({first_line([docker, '--version'])})"
+        if docker
+        else "not installed (vmctl's own verbs still work)"
+    ]
 
     machine = Machine(paths, name)
     if not machine.exists():
@@ -96,9 +107,11 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     if status.state == State.RUNNING and status.agent:
         a = status.agent
         lines.append(f"running with {a.accel} ({a.accel_reason}); ssh 127.0.0.1:{a.ssh_port}")
-        lines.append("engine: " + ("answers /_ping" if status.engine_ok
-                                   else f"NOT answering: {status.engine_error}"))
-    for warning in (status.agent.warnings if status.agent else []):
+        lines.append(
+            "engine: "
+            + ("answers /_ping" if status.engine_ok else f"NOT answering: {status.engine_error}")
+        )
+    for warning in status.agent.warnings if status.agent else []:
         lines.append(f"warning: {warning}")
     report[f"Machine {name}"] = lines
     return report

@@ -20,9 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import paramiko
+from typing import TYPE_CHECKING
 
 from vmctl import accel as accelmod
 from vmctl import client, procs
@@ -34,19 +34,27 @@ from vmctl.keys import read_public_line
 from vmctl.paths import MachineFiles, Paths
 from vmctl.qemu import BootImage, build_argv, qemu_binary
 from vmctl.status import FAILED, RUNNING, STARTING, STOPPED, STOPPING, AgentStatus, write_status
-from vmctl.transport import SSHTransport
+
+if TYPE_CHECKING:  # paramiko costs ~0.1 s to import: loaded after QEMU is running
+    import paramiko
+
+    from vmctl.transport import SSHTransport
 
 log = logging.getLogger(__name__)
 
 GUEST_ENGINE_SOCKET = "/run/vmctl/engine.sock"
 # Console markers written by the guest (guest/rootfs/init, boot steps, the agent).
 BOOT_PROGRESS = "vmctl-init: stage 1"
+SSH_READY = "sshd may start"  # connect now, beside the rest of the boot
 READY = "VMCTL-READY"
 GUEST_ERROR = "VMCTL-ERROR: "
 # A working accelerator reaches the guest's init in well under a second; nested KVM that
 # hangs never does. Under tcg the bound is the whole boot.
 HARDWARE_PROGRESS_BOUND = 15.0
-BOOT_DEADLINE = 300.0
+# Under tcg the guest's first line comes after 2-5 s; silence for this long is a stalled
+# VM (seen once in about a hundred boots here), which one fresh attempt gets past.
+TCG_PROGRESS_BOUND = 60.0
+BOOT_DEADLINE = 120.0
 SSH_DEADLINE = 60.0
 POWERDOWN_TIMEOUT = 30.0
 
@@ -57,6 +65,37 @@ class AccelFailed(Exception):
 
 class StopRequested(Exception):
     pass
+
+
+class BootStalled(Exception):
+    """No console output at all within the bound: the VM is stuck before the guest ran."""
+
+
+class BackgroundConnect:
+    """SSH's handshake runs beside the guest's last boot steps instead of after them."""
+
+    def __init__(self, transport: SSHTransport, deadline: float) -> None:
+        self.transport = transport
+        self.deadline = deadline
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="ssh-connect", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.transport.wait_until_connected(self.deadline)
+        except BaseException as e:  # handed to the boot thread by result()
+            self.error = e
+
+    def start(self) -> None:
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
+
+    def result(self) -> SSHTransport:
+        self.start()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.transport
 
 
 class QemuProcess:
@@ -105,7 +144,7 @@ def check_port_free(port: int) -> None:
         except OSError:
             raise VmctlError(
                 f"port {port} on 127.0.0.1 is already in use",
-                hint="free it, or set \"ssh_port\": 0 in the machine's config.json "
+                hint='free it, or set "ssh_port": 0 in the machine\'s config.json '
                 "to pick a free port at each start",
             ) from None
 
@@ -212,7 +251,7 @@ class HostAgent:
                 if i + 1 == len(choices):
                     raise VmctlError(
                         f"the machine did not boot with {choice.accel}: {e}",
-                        hint="try the software accelerator: set \"accel\": \"tcg\" "
+                        hint='try the software accelerator: set "accel": "tcg" '
                         f"in {self.files.config}",
                         detail=ConsoleLog(self.files.serial_log).tail(),
                     ) from None
@@ -228,7 +267,8 @@ class HostAgent:
     def launch(self, image: BootImage, accel: str) -> None:
         assert self.config is not None
         explicit = self.config.ssh_port
-        for attempt in range(3):
+        stalls = 0
+        for attempt in range(4):
             port = explicit or free_port()
             if explicit:
                 check_port_free(port)
@@ -237,21 +277,35 @@ class HostAgent:
             log.info("starting QEMU (%s, ssh on 127.0.0.1:%d): %s", accel, port, " ".join(argv))
             with open(self.files.qemu_log, "wb") as qlog:
                 popen = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=qlog,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,  # QEMU outlives a crashed host agent
                 )
             self.qemu = QemuProcess(popen.pid, popen)
             self.report(qemu_pid=popen.pid, ssh_port=port)
+            ssh = BackgroundConnect(self.new_transport(port), time.monotonic() + BOOT_DEADLINE)
             try:
-                self.wait_for_boot(accel)
+                self.wait_for_boot(accel, on_ssh_ready=ssh.start)
             except AccelFailed as e:
                 if "host forwarding rule" in str(e) and not explicit and attempt < 2:
                     continue  # another process took the free port first: pick again
                 raise
-            self.connect(port)
+            except BootStalled as e:
+                stalls += 1
+                if stalls > 1:
+                    raise VmctlError(
+                        f"the VM stalled twice before the guest started ({e})",
+                        hint=f"see {self.files.qemu_log}, and try `vmctl machine start` again",
+                    ) from None
+                self.warn(f"the VM stalled before the guest started ({e}); booting it again")
+                continue
+            self.transport = ssh.result()
+            self.check_engine()
             return
 
-    def wait_for_boot(self, accel: str) -> None:
+    def wait_for_boot(self, accel: str, on_ssh_ready: Callable[[], None]) -> None:
         assert self.qemu is not None
         console = ConsoleLog(self.files.serial_log)
         started = time.monotonic()
@@ -260,6 +314,8 @@ class HostAgent:
             for line in console.new_lines():
                 if BOOT_PROGRESS in line:
                     progressed = True
+                if SSH_READY in line:
+                    on_ssh_ready()
                 if GUEST_ERROR in line:
                     message = line.split(GUEST_ERROR, 1)[1].strip()
                     self.qemu.kill()
@@ -289,6 +345,12 @@ class HostAgent:
             if accel != "tcg" and not progressed and elapsed > HARDWARE_PROGRESS_BOUND:
                 self.qemu.kill()
                 raise AccelFailed(f"no boot progress within {HARDWARE_PROGRESS_BOUND:.0f} s")
+            if accel == "tcg" and not progressed and elapsed > TCG_PROGRESS_BOUND:
+                state = self.qmp("query-status")
+                self.qemu.kill()
+                raise BootStalled(
+                    f"no console output within {TCG_PROGRESS_BOUND:.0f} s; QEMU status: {state}"
+                )
             if elapsed > BOOT_DEADLINE:
                 self.qemu.kill()
                 raise VmctlError(
@@ -310,15 +372,17 @@ class HostAgent:
 
     # -- ssh and engine ---------------------------------------------------------------
 
-    def connect(self, port: int) -> None:
-        transport = SSHTransport(
+    def new_transport(self, port: int) -> SSHTransport:
+        from vmctl.transport import SSHTransport
+
+        return SSHTransport(
             host="127.0.0.1",
             port=port,
             client_key=self.files.client_key,
             host_public_line=read_public_line(self.files.host_key.with_suffix(".pub")),
         )
-        transport.wait_until_connected(time.monotonic() + SSH_DEADLINE)
-        self.transport = transport
+
+    def check_engine(self) -> None:
         client.ping(self.open_engine_channel())
         log.info("engine answers through SSH")
 
@@ -331,10 +395,14 @@ class HostAgent:
         if old is None or pid is None or not old.ssh_port:
             return False
         self.qemu = QemuProcess(pid)
-        self.report(qemu_pid=pid, ssh_port=old.ssh_port, accel=old.accel,
-                    accel_reason=old.accel_reason)
+        self.report(
+            qemu_pid=pid, ssh_port=old.ssh_port, accel=old.accel, accel_reason=old.accel_reason
+        )
         try:
-            self.connect(old.ssh_port)
+            transport = self.new_transport(old.ssh_port)
+            transport.wait_until_connected(time.monotonic() + SSH_DEADLINE)
+            self.transport = transport
+            self.check_engine()
         except VmctlError as e:
             self.warn(f"could not take over the running VM ({e.message}); restarting it")
             self.power_down()
@@ -391,7 +459,8 @@ class HostAgent:
             log.warning("QEMU still running; killing it")
             qemu.kill()
 
-    def qmp(self, command: str) -> None:
+    def qmp(self, command: str) -> object:
+        """Run a QMP command; its result, or None if QMP is gone (as with QEMU itself)."""
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         try:
@@ -399,11 +468,12 @@ class HostAgent:
             monitor.settimeout(5)
             monitor.connect()
             try:
-                monitor.cmd(command)
+                return monitor.cmd(command)
             finally:
                 monitor.close()
-        except Exception as e:  # QMP may already be gone with QEMU
+        except Exception as e:
             log.warning("QMP %s failed: %s", command, e)
+            return None
 
     def shutdown(self) -> None:
         if self.status.state in (RUNNING, STARTING):

@@ -91,7 +91,8 @@ class Machine:
         if not self.exists():
             raise VmctlError(
                 f"machine {self.name!r} does not exist",
-                hint=f"create it with: vmctl machine create {self.name} (or list: vmctl machine ls)",
+                hint=f"create it with: vmctl machine create {self.name} "
+                "(or list them: vmctl machine ls)",
             )
 
     def config(self) -> MachineConfig:
@@ -121,9 +122,17 @@ class Machine:
             host_line = generate_keypair(self.files.host_key, comment=f"vmctl-{self.name} host")
             write_known_hosts(self.files.known_hosts, self.files.ssh_alias, host_line)
             result = subprocess.run(
-                [qemu_img, "create", "-q", "-f", "qcow2", str(self.files.disk),
-                 f"{config.disk_gib}G"],
-                capture_output=True, text=True,
+                [
+                    qemu_img,
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    str(self.files.disk),
+                    f"{config.disk_gib}G",
+                ],
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
                 raise VmctlError(
@@ -144,21 +153,32 @@ class Machine:
         agent = read_status(self.files.status)
         if agent_pid is None and qemu_pid is not None:
             return MachineStatus(
-                self.name, State.DEGRADED,
+                self.name,
+                State.DEGRADED,
                 f"the host agent is not running but QEMU (pid {qemu_pid}) is; "
                 f"`vmctl machine start {self.name}` takes it over",
-                None, qemu_pid, agent,
+                None,
+                qemu_pid,
+                agent,
             )
         if agent_pid is None:
-            return MachineStatus(self.name, State.STOPPED, self.stopped_detail(agent),
-                                 None, None, agent)
+            return MachineStatus(
+                self.name, State.STOPPED, self.stopped_detail(agent), None, None, agent
+            )
         state = agent.state if agent and agent.pid == agent_pid else STARTING
         if state == RUNNING and qemu_pid is None:
-            return MachineStatus(self.name, State.DEGRADED,
-                                 "the host agent runs but QEMU is gone", agent_pid, None, agent)
+            return MachineStatus(
+                self.name,
+                State.DEGRADED,
+                "the host agent runs but QEMU is gone",
+                agent_pid,
+                None,
+                agent,
+            )
         if state in (STOPPING, FAILED):
-            return MachineStatus(self.name, State.STOPPING, "shutting down", agent_pid,
-                                 qemu_pid, agent)
+            return MachineStatus(
+                self.name, State.STOPPING, "shutting down", agent_pid, qemu_pid, agent
+            )
         if state != RUNNING:
             return MachineStatus(self.name, State.STARTING, "booting", agent_pid, qemu_pid, agent)
         result = MachineStatus(self.name, State.RUNNING, "", agent_pid, qemu_pid, agent)
@@ -291,8 +311,12 @@ class Machine:
             orphan.qemu = QemuProcess(qemu_pid)
             orphan.power_down()
             orphan.shutdown()
-        for leftover in (self.files.engine_socket, self.files.qmp_socket, self.files.qemu_pid,
-                         self.files.hostagent_pid):
+        for leftover in (
+            self.files.engine_socket,
+            self.files.qmp_socket,
+            self.files.qemu_pid,
+            self.files.hostagent_pid,
+        ):
             leftover.unlink(missing_ok=True)
 
     def remove(self, force: bool) -> None:
@@ -323,13 +347,20 @@ def socket_in_use(path: Path) -> bool:
 
 
 def ensure_image(paths: Paths, progress: Progress) -> None:
+    """Build the image if it is missing or the project's files changed; quiet if not."""
     from images.builder import build_image
     from images.errors import ImageBuildError
 
+    lines: list[str] = []
     try:
-        build_image(paths.images, paths.build_cache, progress=progress)
+        build_image(paths.images, paths.build_cache, progress=lines.append)
     except ImageBuildError as e:
+        for line in lines:
+            progress(line)
         raise VmctlError(f"image build failed: {e.message}", hint=e.hint) from None
+    if not lines or " is up to date (" not in lines[-1]:
+        for line in lines:
+            progress(line)
 
 
 def tail_file(path: Path, lines: int = 20) -> str:

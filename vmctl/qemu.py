@@ -71,20 +71,34 @@ def build_argv(
         raise VmctlError(f"ssh port {ssh_port} is out of range")
     argv = [
         qemu_binary(),
-        "-name", f"vmctl-{config.name}",
-        "-machine", "q35",
+        "-name",
+        f"vmctl-{config.name}",
+        "-machine",
+        "q35",
         *accel_args(accel, host_os),
-        "-smp", str(config.cpus),
-        "-m", f"{config.memory_mib}M",
-        "-nodefaults", "-no-user-config", "-display", "none",
+        "-smp",
+        str(config.cpus),
+        "-m",
+        f"{config.memory_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
         "-no-reboot",
-        "-rtc", "base=utc",
-        "-kernel", escape(str(image.kernel)),
-        "-initrd", escape(str(image.initrd)),
-        "-append", KERNEL_CMDLINE,
-        "-chardev", f"file,id=console,path={escape(str(files.serial_log))}",
-        "-serial", "chardev:console",
-        "-pidfile", escape(str(files.qemu_pid)),
+        "-rtc",
+        "base=utc",
+        "-kernel",
+        escape(str(image.kernel)),
+        "-initrd",
+        escape(str(image.initrd)),
+        "-append",
+        KERNEL_CMDLINE,
+        "-chardev",
+        f"file,id=console,path={escape(str(files.serial_log))}",
+        "-serial",
+        "chardev:console",
+        "-pidfile",
+        escape(str(files.qemu_pid)),
     ]
     if host_os == "windows":
         if not qmp_port:
@@ -96,12 +110,16 @@ def build_argv(
         "-drive",
         f"if=none,id=data,file={escape(str(files.disk))},format=qcow2,"
         "discard=unmap,detect-zeroes=unmap",
-        "-device", f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}",
+        "-device",
+        f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}",
         # User-mode network: no host privileges; the only way in is this forward,
         # bound to the host's loopback.
-        "-netdev", f"user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=net0",
-        "-device", "virtio-rng-pci",
+        "-netdev",
+        f"user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-device",
+        "virtio-rng-pci",
     ]
     if config.mounts and host_os == "windows":
         raise VmctlError(
@@ -113,7 +131,8 @@ def build_argv(
         argv += [
             "-fsdev",
             f"local,id=fs{i},path={escape(mount.path)},security_model=none{readonly}",
-            "-device", f"virtio-9p-pci,fsdev=fs{i},mount_tag={share_tag(i)}",
+            "-device",
+            f"virtio-9p-pci,fsdev=fs{i},mount_tag={share_tag(i)}",
         ]
     for item, path in seed_items(files).items():
         argv += ["-fw_cfg", f"name={FW_CFG_PREFIX}/{item},file={escape(str(path))}"]

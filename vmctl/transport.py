@@ -37,7 +37,8 @@ _ATTEMPT_LOG = f"{_PARAMIKO_LOG}.connect"
 class _DemoteToDebug(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
+        # The level check ran before the demotion: drop the record unless DEBUG is wanted.
+        return logging.getLogger(_ATTEMPT_LOG).isEnabledFor(logging.DEBUG)
 
 
 logging.getLogger(_ATTEMPT_LOG).addFilter(_DemoteToDebug())
@@ -260,7 +261,8 @@ class SSHTransport:
         except paramiko.AuthenticationException as exc:
             raise VmctlError(
                 f"the VM rejected the machine's SSH key for {self.user}",
-                hint="restart the machine (`vmctl machine restart`) so the guest receives the key again",
+                hint="restart the machine (`vmctl machine restart`) "
+                "so the guest receives the key again",
                 detail=str(exc),
             ) from exc
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -308,7 +310,8 @@ class SSHTransport:
                 # a timeout.
                 raise VmctlError(
                     f"the VM did not accept a connection to {path}",
-                    hint="the engine inside the VM may be down or overloaded; see `vmctl machine logs --agent`",
+                    hint="the engine inside the VM may be down or overloaded; "
+                    "see `vmctl machine logs --agent`",
                     detail=str(exc),
                 ) from exc
             raise VmctlError(
@@ -340,7 +343,9 @@ class SSHTransport:
             return chan.recv_exit_status(), out, err
         except paramiko.SSHException as exc:
             raise VmctlError(
-                f"running {command!r} in the VM failed", hint="see `vmctl machine logs --agent`", detail=str(exc)
+                f"running {command!r} in the VM failed",
+                hint="see `vmctl machine logs --agent`",
+                detail=str(exc),
             ) from exc
         finally:
             chan.close()

@@ -50,11 +50,16 @@ class VM:
     def socket(self) -> Path:
         return self.dir / "engine.sock"
 
-    def vmctl(self, *args: str, check: bool = True, timeout: float = 900,
-              input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def vmctl(
+        self, *args: str, check: bool = True, timeout: float = 900, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "vmctl.cli", *args], capture_output=True, text=True,
-            env=self.env, timeout=timeout, input=input,
+            [sys.executable, "-m", "vmctl.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            input=input,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -64,8 +69,9 @@ class VM:
         return proc
 
     def ssh(self, command: str, check: bool = True) -> str:
-        return self.vmctl("machine", "ssh", self.name, "--", "sh", "-c", command,
-                          check=check, timeout=120).stdout
+        return self.vmctl(
+            "machine", "ssh", self.name, "--", "sh", "-c", command, check=check, timeout=120
+        ).stdout
 
     def status(self) -> dict[str, object]:
         data = json.loads(self.vmctl("machine", "status", self.name, "--format", "json").stdout)
@@ -110,8 +116,9 @@ def vm() -> Iterator[VM]:
     machine = VM(home=home, name="default", share=share, env=env)
     _session_vm = machine
     try:
-        started = machine.vmctl("machine", "start", "--memory", "1G", "--cpus", "2",
-                                "--mount", str(share), timeout=1800)
+        started = machine.vmctl(
+            "machine", "start", "--memory", "1G", "--cpus", "2", "--mount", str(share), timeout=1800
+        )
         machine.start_output = started.stdout + started.stderr
         yield machine
     finally:
@@ -127,9 +134,11 @@ def stop_everything(machine: VM) -> None:
         machine.vmctl("machine", "stop", machine.name, check=False, timeout=180)
     for filename in ("hostagent.pid", "qemu.pid"):
         pid = machine.pid(filename)
-        if pid_alive(pid) and pid is not None and str(machine.dir) in Path(
-            f"/proc/{pid}/cmdline"
-        ).read_text(errors="replace"):
+        if (
+            pid_alive(pid)
+            and pid is not None
+            and str(machine.dir) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        ):
             os.kill(pid, 9)
 
 

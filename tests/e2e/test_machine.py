@@ -33,7 +33,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 def curl_ping(vm: VM) -> str:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "20", "--unix-socket", str(vm.socket), "http://x/_ping"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
 
 
@@ -46,8 +48,11 @@ def manifest(vm: VM) -> dict[str, object]:
 
 
 def leftovers(vm: VM) -> list[str]:
-    found = [name for name in ("engine.sock", "qmp.sock", "qemu.pid", "hostagent.pid")
-             if (vm.dir / name).exists()]
+    found = [
+        name
+        for name in ("engine.sock", "qmp.sock", "qemu.pid", "hostagent.pid")
+        if (vm.dir / name).exists()
+    ]
     for pid_file in ("qemu.pid", "hostagent.pid"):
         pid = vm.pid(pid_file)
         if pid_alive(pid):
@@ -80,8 +85,11 @@ def test_accelerator_choice_is_explained(vm: VM) -> None:
     assert status["state"] == "running"
     accel_file = vm.home / "accel.json"
     if status["accel"] == "tcg" and os.path.exists("/dev/kvm"):
-        assert "falling back" in vm.start_output or "instead" in vm.start_output \
+        assert (
+            "falling back" in vm.start_output
+            or "instead" in vm.start_output
             or "failed on this host before" in str(status["accel_reason"])
+        )
         remembered = json.loads(accel_file.read_text())
         assert remembered["kvm"]["works"] is False
     doctor = vm.vmctl("machine", "doctor").stdout
@@ -102,8 +110,9 @@ def test_engine_socket_answers_ping(vm: VM) -> None:
 
 def test_docker_cli_shows_our_server(vm: VM) -> None:
     docker = require("docker")
-    out = subprocess.run([docker, "-H", f"unix://{vm.socket}", "version"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [docker, "-H", f"unix://{vm.socket}", "version"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     server = out.stdout.split("Server:", 1)[1]
     assert "vmctl agent" in server
@@ -112,9 +121,13 @@ def test_docker_cli_shows_our_server(vm: VM) -> None:
 
 def test_docker_context_created(vm: VM) -> None:
     docker = require("docker")
-    out = subprocess.run([docker, "--context", "vmctl-default", "version", "--format",
-                          "{{.Server.APIVersion}}"], capture_output=True, text=True,
-                         env=vm.env, timeout=60)
+    out = subprocess.run(
+        [docker, "--context", "vmctl-default", "version", "--format", "{{.Server.APIVersion}}"],
+        capture_output=True,
+        text=True,
+        env=vm.env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1.50"
 
@@ -170,8 +183,11 @@ def test_supervisor_restarts_a_killed_agent(vm: VM) -> None:
     qemu_before = vm.pid("qemu.pid")
     old = vm.ssh("cat /run/vmctl/agent.pid").strip()
     vm.ssh(f"kill -9 {old}")
-    wait_for(lambda: vm.ssh("cat /run/vmctl/agent.pid", check=False).strip() not in ("", old),
-             30, "a new agent pid")
+    wait_for(
+        lambda: vm.ssh("cat /run/vmctl/agent.pid", check=False).strip() not in ("", old),
+        30,
+        "a new agent pid",
+    )
     wait_for(lambda: curl_ping(vm) == "OK", 60, "the engine to answer again")
     assert vm.pid("qemu.pid") == qemu_before  # no machine restart
 
@@ -232,4 +248,3 @@ def test_rm_refuses_a_running_machine_then_force(vm: VM) -> None:
     vm.vmctl("machine", "rm", "--force", "default")
     assert not vm.dir.exists()
     assert leftovers(vm) == []
-

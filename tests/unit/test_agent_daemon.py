@@ -225,3 +225,20 @@ def test_docker_sdk_negotiates_from_version(agent: Agent) -> None:
         assert client.version()["Components"][0]["Version"] == __version__
     finally:
         client.close()
+
+
+def test_wait_for_blocks_until_the_path_exists(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from agent.daemon import wait_for
+
+    flag = tmp_path / "boot-done"
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (wait_for(str(flag), poll=0.01), done.set()))
+    thread.start()
+    time.sleep(0.2)
+    assert not done.is_set()
+    flag.touch()
+    assert done.wait(5)
+    thread.join()

@@ -24,8 +24,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def run(*argv: str) -> tuple[int, str, str]:
     """Run the real console entry point in a subprocess, as a user would."""
     proc = subprocess.run(
-        [sys.executable, "-m", "vmctl.cli", *argv], capture_output=True, text=True,
-        env=os.environ.copy(), timeout=120,
+        [sys.executable, "-m", "vmctl.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -40,9 +43,13 @@ def one_error(stderr: str) -> str:
 
 def test_ssh_command_after_double_dash() -> None:
     assert cli.split_ssh_command(["machine", "ssh", "--", "uname", "-r"]) == (
-        ["machine", "ssh"], ["uname", "-r"])
+        ["machine", "ssh"],
+        ["uname", "-r"],
+    )
     assert cli.split_ssh_command(["machine", "ssh", "dev", "--", "ls", "--", "x"]) == (
-        ["machine", "ssh", "dev"], ["ls", "--", "x"])
+        ["machine", "ssh", "dev"],
+        ["ls", "--", "x"],
+    )
     assert cli.split_ssh_command(["machine", "ls"]) == (["machine", "ls"], None)
 
 
@@ -70,8 +77,9 @@ def test_env_output_can_be_evaluated(home: Path) -> None:
     code, out, _ = run("machine", "env", "--shell", "bash")
     assert code == 0
     sock = Paths.from_env().machine_dir("default") / "engine.sock"
-    shown = subprocess.run(["bash", "-c", out + '\necho "$DOCKER_HOST"'], capture_output=True,
-                           text=True, check=True).stdout.strip()
+    shown = subprocess.run(
+        ["bash", "-c", out + '\necho "$DOCKER_HOST"'], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert shown == f"unix://{sock}"
 
 
@@ -94,8 +102,14 @@ def test_create_lays_out_the_machine_dir(home: Path) -> None:
     d = home / "machines" / "dev"
     config = json.loads((d / "config.json").read_text())
     assert config["cpus"] == 3 and config["memory_mib"] == 1024 and config["mounts"] == []
-    for name in ("disk.qcow2", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key",
-                 "ssh_host_ed25519_key.pub", "known_hosts"):
+    for name in (
+        "disk.qcow2",
+        "id_ed25519",
+        "id_ed25519.pub",
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+        "known_hosts",
+    ):
         assert (d / name).exists(), name
     assert (d / "id_ed25519").stat().st_mode & 0o077 == 0
     assert (d / "ssh_host_ed25519_key").stat().st_mode & 0o077 == 0

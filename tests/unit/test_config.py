@@ -27,7 +27,14 @@ def test_defaults_validate() -> None:
 
 @pytest.mark.parametrize(
     ("text", "mib"),
-    [("2048", 2048), ("2048M", 2048), ("2G", 2048), ("1.5G", 1536), ("2GiB", 2048), ("1T", 1048576)],
+    [
+        ("2048", 2048),
+        ("2048M", 2048),
+        ("2G", 2048),
+        ("1.5G", 1536),
+        ("2GiB", 2048),
+        ("1T", 1048576),
+    ],
 )
 def test_parse_size_mib(text: str, mib: int) -> None:
     assert parse_size_mib(text) == mib

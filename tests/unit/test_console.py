@@ -21,7 +21,7 @@ def test_new_lines_are_incremental_and_complete(tmp_path: Path) -> None:
 
 def test_clean_strips_escapes() -> None:
     assert clean(b"\x1bc\x1b[?7l\x1b[2JBooting\r") == "Booting"
-    assert clean("\x00bell\x07".encode()) == "bell"
+    assert clean(b"\x00bell\x07") == "bell"
 
 
 def test_tail(tmp_path: Path) -> None:

@@ -22,14 +22,17 @@ def test_shipped_recipe_loads() -> None:
     assert recipe.suite == "bookworm" and recipe.arch == "amd64"
     assert "busybox-static" in recipe.install and "dpkg" in recipe.exclude
     assert recipe.kernel_package == "linux-image-amd64"
-    assert recipe.modules.index("virtio_ring") < recipe.modules.index("virtio_pci")
-    assert recipe.compression == "gzip"
+    sets = dict(recipe.module_sets)
+    assert list(sets) == ["boot", "disk", "shares", "later"]
+    assert sets["boot"].index("virtio_ring") < sets["boot"].index("virtio_pci")
+    assert "ext4" in sets["disk"] and "9p" in sets["shares"] and "overlay" in sets["later"]
+    assert recipe.compression == "none"
     assert any(f.path == "etc/passwd" for f in recipe.files)
     assert len(recipe.sha256) == 64
 
 
 def test_bad_compression_is_rejected(tmp_path: Path) -> None:
-    text = DEFAULT_RECIPE.read_text().replace('compression = "gzip"', 'compression = "lz5"')
+    text = DEFAULT_RECIPE.read_text().replace('compression = "none"', 'compression = "lz5"')
     (tmp_path / "recipe.toml").write_text(text)
     with pytest.raises(ImageBuildError, match="lz5"):
         load_recipe(tmp_path / "recipe.toml")

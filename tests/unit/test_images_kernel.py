@@ -177,3 +177,12 @@ def test_extract_vmlinux_rejects_non_elf_payload() -> None:
     bzimage = b"\0" * 0x300 + lzma.compress(b"not an elf", check=lzma.CHECK_CRC32)
     with pytest.raises(ImageBuildError, match="not an ELF"):
         extract_vmlinux(bzimage)
+
+
+def test_modules_load_can_select() -> None:
+    a = KernelModule("a", "kernel/a.ko", (), (), ())
+    b = KernelModule("b", "kernel/b.ko", ("a",), (), ())
+    c = KernelModule("c", "kernel/c.ko", (), (), ())
+    selection = select_modules({"a": a, "b": b, "c": c}, ["b", "c"], set())
+    assert modules_load(selection, only={"a", "b"}) == "kernel/a.ko\nkernel/b.ko\n"
+    assert modules_load(selection, only={"c"}) == "kernel/c.ko\n"

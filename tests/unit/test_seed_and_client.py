@@ -24,7 +24,9 @@ def test_seed_config_is_shell_safe(tmp_path: Path) -> None:
     # Source it with a real shell and read the values back.
     out = subprocess.run(
         ["sh", "-c", text + 'printf "%s\\n---\\n%s\\n" "$VMCTL_MACHINE" "$VMCTL_SHARES"'],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     machine, shares = out.split("\n---\n")
     assert machine == "dev"
