@@ -33,7 +33,16 @@ from vmctl.forward import UnixSocketForwarder
 from vmctl.keys import read_public_line
 from vmctl.paths import MachineFiles, Paths
 from vmctl.qemu import BootImage, build_argv, qemu_binary
-from vmctl.status import FAILED, RUNNING, STARTING, STOPPED, STOPPING, AgentStatus, write_status
+from vmctl.status import (
+    FAILED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    AgentStatus,
+    read_status,
+    write_status,
+)
 
 if TYPE_CHECKING:  # paramiko costs ~0.1 s to import: loaded after QEMU is running
     import paramiko
@@ -196,12 +205,13 @@ class HostAgent:
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stop_event.set())
+        previous = read_status(self.files.status)  # read before our own report replaces it
         procs.write_pid(self.files.hostagent_pid, os.getpid())
         self.report(STARTING)
         outcome = "stopped"
         try:
             self.config = load_config(self.files.config)
-            if not (adopt and self.adopt()):
+            if not (adopt and self.adopt(previous)):
                 self.boot()
             self.serve_engine()
             outcome = self.supervise()
@@ -386,20 +396,25 @@ class HostAgent:
         client.ping(self.open_engine_channel())
         log.info("engine answers through SSH")
 
-    def adopt(self) -> bool:
-        """Take over a QEMU left running by a host agent that died; False if it cannot."""
-        from vmctl.status import read_status
-
-        old = read_status(self.files.status)
+    def adopt(self, previous: AgentStatus | None) -> bool:
+        """Take over a QEMU left running by a host agent that died; False if it cannot
+        (the orphan is then powered down, so a fresh boot never runs beside it)."""
         pid = procs.live_pid(self.files.qemu_pid, str(self.files.dir))
-        if old is None or pid is None or not old.ssh_port:
+        if pid is None:
             return False
         self.qemu = QemuProcess(pid)
+        if previous is None or not previous.ssh_port:
+            self.warn("cannot take over the running VM (its SSH port is unknown); restarting it")
+            self.power_down()
+            return False
         self.report(
-            qemu_pid=pid, ssh_port=old.ssh_port, accel=old.accel, accel_reason=old.accel_reason
+            qemu_pid=pid,
+            ssh_port=previous.ssh_port,
+            accel=previous.accel,
+            accel_reason=previous.accel_reason,
         )
         try:
-            transport = self.new_transport(old.ssh_port)
+            transport = self.new_transport(previous.ssh_port)
             transport.wait_until_connected(time.monotonic() + SSH_DEADLINE)
             self.transport = transport
             self.check_engine()
