@@ -15,8 +15,9 @@ from vmctl.paths import check_machine_name
 CONFIG_VERSION = 1
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
 
-# Below this the guest cannot hold its RAM root (~100 MiB), the kernel and the agent;
-# measured: 384 MiB boots, 256 MiB runs out while unpacking the initramfs.
+# The guest's RAM root (~64 MiB) and the kernel must fit with room to run containers.
+# Measured under tcg: 224 MiB fails unpacking the initramfs, 256 MiB boots with nothing
+# to spare, so 384 MiB is the least a machine may have.
 MIN_MEMORY_MIB = 384
 MAX_MEMORY_MIB = 1024 * 1024
 MIN_DISK_GIB = 1
