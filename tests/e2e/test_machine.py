@@ -263,15 +263,27 @@ def test_a_disk_with_foreign_data_is_never_formatted(vm: VM, tmp_path: Path) -> 
     with open(raw, "wb") as f:
         f.truncate(64 * 2**20)
         f.write(b"precious user data, not a filesystem vmctl made")
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
-                    str(machine_dir / "disk.qcow2")], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            str(raw),
+            str(machine_dir / "disk.qcow2"),
+        ],
+        check=True,
+    )
     out = vm.vmctl("machine", "start", "foreign", check=False, timeout=300)
     assert out.returncode == 1
     assert "not a vmctl-data filesystem; refusing to format it" in out.stderr
     assert "Traceback" not in out.stderr
     assert vm.vmctl("machine", "status", "foreign").stdout.startswith("foreign: stopped")
     back = tmp_path / "back.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(machine_dir / "disk.qcow2"),
-                    str(back)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(machine_dir / "disk.qcow2"), str(back)], check=True
+    )
     assert back.read_bytes()[:47] == b"precious user data, not a filesystem vmctl made"
     vm.vmctl("machine", "rm", "foreign")
