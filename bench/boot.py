@@ -54,6 +54,45 @@ def vmctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def engine_answers(sock: Path) -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def timed_start(env: dict[str, str], sock: Path) -> tuple[float, float]:
+    """(seconds until the engine answers on the host socket, seconds until the CLI returns)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmctl.cli", "machine", "start", MACHINE],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready = None
+    while ready is None:
+        if engine_answers(sock):
+            ready = time.monotonic() - t0
+        elif proc.poll() is not None:
+            raise SystemExit(
+                f"vmctl machine start failed:\n{proc.stderr.read() if proc.stderr else ''}"
+            )
+        else:
+            time.sleep(0.02)
+    proc.wait()
+    if proc.returncode != 0:
+        raise SystemExit("vmctl machine start failed")
+    return ready, time.monotonic() - t0
+
+
 def busybox_binary(busybox_tar: Path) -> bytes:
     """The Debian busybox-static binary, taken from the image's own busybox layer."""
     with tarfile.open(busybox_tar) as outer:
@@ -168,11 +207,11 @@ def main() -> int:
         assert image is not None
         manifest = json.loads(image.manifest.read_text())
 
-        starts, boots, memory = [], [], {}
+        starts, cli_returns, boots, memory = [], [], [], {}
         for i in range(args.runs):
-            t0 = time.monotonic()
-            vmctl(env, "machine", "start", MACHINE)
-            starts.append(time.monotonic() - t0)
+            ready, returned = timed_start(env, machine_dir / "engine.sock")
+            starts.append(ready)
+            cli_returns.append(returned)
             status = json.loads(vmctl(env, "machine", "status", MACHINE, "--format", "json").stdout)
             boots.append(status["boot_seconds"])
             if i == 0:
@@ -206,15 +245,18 @@ def main() -> int:
         - memory.get("SReclaimable", 0)
     )
     initrd_mib = image.initrd.stat().st_size / 2**20
-    sizes = manifest.get("archives", {})
+    base = manifest["archives"]["base"]
     lines = [
         f"### Boot ({time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
         f"accel {accel}, {args.cpus} vCPU, {args.memory} MiB, {args.runs} runs)",
         "",
         "| measure | median | all runs |",
         "| --- | --- | --- |",
-        f"| `vmctl machine start` → engine ready (wall) | {start_med:.2f} s | "
-        + ", ".join(f"{s:.2f}" for s in starts)
+        f"| `vmctl machine start` → engine answers `/_ping` on the host socket | "
+        f"{start_med:.2f} s | " + ", ".join(f"{s:.2f}" for s in starts) + " |",
+        "| `vmctl machine start` → the command returns (it also writes the docker context) | "
+        f"{statistics.median(cli_returns):.2f} s | "
+        + ", ".join(f"{s:.2f}" for s in cli_returns)
         + " |",
         "| host agent: QEMU spawn → engine ready | "
         f"{statistics.median(boots):.2f} s | " + ", ".join(f"{b:.2f}" for b in boots) + " |",
@@ -228,9 +270,9 @@ def main() -> int:
         f"excluding page cache and tmpfs (`free`'s used), of {memory['MemTotal']} MiB. "
         f"Target ≤ 64 MiB.",
         "",
-        f"initramfs: {initrd_mib:.1f} MiB compressed (initrd.img); archives: "
-        + json.dumps(sizes)
-        + ". Target ≤ 40 MiB compressed.",
+        f"initramfs: {base['gzip_size'] / 2**20:.1f} MiB gzip-compressed (target ≤ 40 MiB); "
+        f"booted uncompressed ({initrd_mib:.1f} MiB initrd.img, base "
+        f"{base['compression']}), since inflating it costs more under tcg than it saves.",
         "",
     ]
     text = "\n".join(lines)
