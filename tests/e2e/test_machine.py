@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -287,3 +289,35 @@ def test_a_disk_with_foreign_data_is_never_formatted(vm: VM, tmp_path: Path) -> 
     )
     assert back.read_bytes()[:47] == b"precious user data, not a filesystem vmctl made"
     vm.vmctl("machine", "rm", "foreign")
+
+
+def test_image_build_is_reproducible(vm: VM, tmp_path: Path) -> None:
+    """A second build from a fresh cache (same package files) gives the same bytes."""
+    build = vm.home / "cache" / "build"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for part in ("apt", "debs"):  # package lists and .debs: the inputs, not the outputs
+        shutil.copytree(build / part, cache / part, symlinks=True)
+    images = tmp_path / "images"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "images",
+            "build",
+            "--images-dir",
+            str(images),
+            "--cache-dir",
+            str(cache),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    mine = json.loads((images / "current").read_text())["image_id"]
+    theirs = json.loads((vm.home / "cache" / "images" / "current").read_text())["image_id"]
+    assert mine == theirs
+    for name in ("initrd.img", "manifest.json", "vmlinux", "busybox.tar"):
+        a = (images / mine / name).read_bytes()
+        b = (vm.home / "cache" / "images" / theirs / name).read_bytes()
+        assert a == b, name

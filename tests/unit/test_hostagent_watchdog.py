@@ -1,0 +1,111 @@
+"""The boot watchdog against real stand-in processes writing a console log.
+
+A stand-in for QEMU (a shell script) writes what a guest would to serial.log, or
+nothing, or exits; the watchdog must tell a booted guest from a hung or failed one and
+kill what it gives up on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmctl import hostagent
+from vmctl.errors import VmctlError
+from vmctl.hostagent import AccelFailed, BootStalled, HostAgent, QemuProcess, StopRequested
+from vmctl.paths import MachineFiles, Paths
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostAgent]:
+    monkeypatch.setattr(hostagent, "HARDWARE_PROGRESS_BOUND", 0.5)
+    monkeypatch.setattr(hostagent, "TCG_PROGRESS_BOUND", 0.5)
+    monkeypatch.setattr(hostagent, "BOOT_DEADLINE", 10.0)
+    machine = tmp_path / "m"
+    machine.mkdir()
+    a = HostAgent(Paths(tmp_path, tmp_path, tmp_path), MachineFiles(machine))
+    yield a
+    if a.qemu is not None and a.qemu.exit_code() is None:
+        a.qemu.kill()
+
+
+def stand_in(agent: HostAgent, script: str) -> subprocess.Popen[bytes]:
+    """A process playing QEMU: `$LOG` is the serial console log it writes."""
+    popen = subprocess.Popen(
+        ["sh", "-c", script], env={"LOG": str(agent.files.serial_log), "PATH": "/usr/bin:/bin"}
+    )
+    agent.qemu = QemuProcess(popen.pid, popen)
+    return popen
+
+
+def test_a_guest_that_boots_is_ready(agent: HostAgent) -> None:
+    stand_in(
+        agent,
+        'echo "vmctl-init: stage 1" >>$LOG; sleep 0.2; '
+        'echo "vmctl-boot: [1.0] sshd may start" >>$LOG; sleep 0.2; '
+        'echo "VMCTL-READY agent=0.1.0" >>$LOG; sleep 30',
+    )
+    ssh_ready: list[bool] = []
+    agent.wait_for_boot("tcg", on_ssh_ready=lambda: ssh_ready.append(True))
+    assert ssh_ready == [True]
+    assert agent.qemu is not None and agent.qemu.exit_code() is None  # left running
+
+
+def test_hardware_accelerator_without_progress_falls_back(agent: HostAgent) -> None:
+    popen = stand_in(agent, "sleep 30")
+    with pytest.raises(AccelFailed, match="no boot progress within"):
+        agent.wait_for_boot("kvm", on_ssh_ready=lambda: None)
+    assert popen.poll() is not None  # the hung VM was killed
+
+
+def test_progress_under_hardware_is_not_a_hang(agent: HostAgent) -> None:
+    stand_in(
+        agent,
+        'echo "vmctl-init: stage 1" >>$LOG; sleep 1; '
+        'echo "VMCTL-READY agent=0.1.0" >>$LOG; sleep 30',
+    )
+    agent.wait_for_boot("kvm", on_ssh_ready=lambda: None)
+
+
+def test_qemu_exiting_under_hardware_falls_back(agent: HostAgent) -> None:
+    agent.files.qemu_log.write_text("qemu-system-x86_64: failed to set MSR 0x10a\n")
+    stand_in(agent, "exit 3")
+    with pytest.raises(AccelFailed, match="exit code 3.*MSR 0x10a"):
+        agent.wait_for_boot("kvm", on_ssh_ready=lambda: None)
+
+
+def test_qemu_exiting_under_tcg_is_an_error_with_the_console(agent: HostAgent) -> None:
+    stand_in(agent, 'echo "Kernel panic - not syncing: out of memory" >>$LOG; exit 1')
+    with pytest.raises(VmctlError, match="QEMU exited during boot") as e:
+        agent.wait_for_boot("tcg", on_ssh_ready=lambda: None)
+    assert "Kernel panic" in e.value.detail
+    assert "memory" in e.value.hint
+
+
+def test_a_guest_error_line_stops_the_boot(agent: HostAgent) -> None:
+    popen = stand_in(
+        agent,
+        'echo "vmctl-init: stage 1" >>$LOG; '
+        'echo "VMCTL-ERROR: data disk carries data" >>$LOG; sleep 30',
+    )
+    with pytest.raises(VmctlError, match="the guest failed to boot: data disk carries data"):
+        agent.wait_for_boot("tcg", on_ssh_ready=lambda: None)
+    assert popen.poll() is not None
+
+
+def test_a_silent_vm_under_tcg_is_stalled(agent: HostAgent) -> None:
+    popen = stand_in(agent, "sleep 30")
+    with pytest.raises(BootStalled, match="no console output"):
+        agent.wait_for_boot("tcg", on_ssh_ready=lambda: None)
+    assert popen.poll() is not None
+
+
+def test_stop_during_boot(agent: HostAgent) -> None:
+    popen = stand_in(agent, 'echo "vmctl-init: stage 1" >>$LOG; sleep 30')
+    agent.stop_event.set()
+    with pytest.raises(StopRequested):
+        agent.wait_for_boot("tcg", on_ssh_ready=lambda: None)
+    assert popen.poll() is not None
