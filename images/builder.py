@@ -70,6 +70,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _archive_meta(raw: bytes, packed: bytes, compression: str) -> dict[str, Any]:
+    """How an archive was stored: what the manifest records for the base and the overlay."""
+    return {
+        "compression": compression,
+        "size": len(packed),
+        "sha256": _sha256(packed),
+        "uncompressed_size": len(raw),
+        "uncompressed_sha256": _sha256(raw),
+    }
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
@@ -289,11 +300,7 @@ def _build_base(
         "python_compiled": python is not None,
         "busybox_image_id": image.image_id,
         "archive": {
-            "compression": recipe.compression,
-            "size": len(packed),
-            "sha256": _sha256(packed),
-            "uncompressed_size": len(raw),
-            "uncompressed_sha256": _sha256(raw),
+            **_archive_meta(raw, packed, recipe.compression),
             # The size to ship the image at, whatever the boot archive's own compression.
             "gzip_size": len(packed)
             if recipe.compression == "gzip"
@@ -362,13 +369,7 @@ def _overlay(
     packed = compress(raw, recipe.compression, recipe.compression_level)
     meta: dict[str, Any] = {
         "key": key,
-        "archive": {
-            "compression": recipe.compression,
-            "size": len(packed),
-            "sha256": _sha256(packed),
-            "uncompressed_size": len(raw),
-            "uncompressed_sha256": _sha256(raw),
-        },
+        "archive": _archive_meta(raw, packed, recipe.compression),
         "files": describe(tree, "overlay"),
     }
     _write_atomic(archive, packed)
