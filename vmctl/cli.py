@@ -277,7 +277,9 @@ def ssh_argv(machine: Machine, port: int, command: Sequence[str], tty: bool) -> 
     argv.append("-t" if tty else "-T")
     argv.append("root@127.0.0.1")
     if command:
-        argv += ["--", shlex.join(command)]
+        # One argument is a command line for the guest's shell, as with ssh; several are
+        # one command and its arguments, each passed through exactly as given.
+        argv += ["--", command[0] if len(command) == 1 else shlex.join(command)]
     return argv
 
 

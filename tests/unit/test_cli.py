@@ -211,3 +211,15 @@ def test_status_of_a_stopped_machine(home: Path) -> None:
     assert run("machine", "create", "dev", "--no-mount")[0] == 0
     code, out, _ = run("machine", "status", "dev", "--format", "json")
     assert code == 0 and json.loads(out)["state"] == "stopped"
+
+
+def test_ssh_command_quoting(home: Path) -> None:
+    from vmctl.machine import Machine
+
+    machine = Machine(Paths.from_env(), "dev")
+    one = cli.ssh_argv(machine, 2222, ["ls -l / | wc -l"], tty=False)
+    assert one[-2:] == ["--", "ls -l / | wc -l"]
+    many = cli.ssh_argv(machine, 2222, ["sh", "-c", "echo a; echo b"], tty=False)
+    assert many[-2:] == ["--", "sh -c 'echo a; echo b'"]
+    assert "StrictHostKeyChecking=yes" in one and "HostKeyAlias=vmctl-dev" in one
+    assert one[one.index("-p") + 1] == "2222"
