@@ -224,6 +224,7 @@ class Machine:
         argv = [sys.executable, "-m", "vmctl.hostagent", "--dir", str(self.files.dir)]
         if adopt:
             argv.append("--adopt")
+        rotate(self.files.hostagent_log)
         pid = procs.spawn_daemon(argv, self.files.hostagent_log)
         return self.wait_started(pid, progress)
 
@@ -329,6 +330,18 @@ class Machine:
                 )
             self.stop()
         shutil.rmtree(self.files.dir)
+
+
+LOG_ROTATE_BYTES = 5 * 2**20
+
+
+def rotate(log: Path) -> None:
+    """Keep one previous log: the host agent's log is appended at every start."""
+    try:
+        if log.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def socket_in_use(path: Path) -> bool:

@@ -223,3 +223,16 @@ def test_ssh_command_quoting(home: Path) -> None:
     assert many[-2:] == ["--", "sh -c 'echo a; echo b'"]
     assert "StrictHostKeyChecking=yes" in one and "HostKeyAlias=vmctl-dev" in one
     assert one[one.index("-p") + 1] == "2222"
+
+
+def test_rotate_keeps_one_previous_log(tmp_path: Path) -> None:
+    from vmctl.machine import LOG_ROTATE_BYTES, rotate
+
+    log = tmp_path / "hostagent.log"
+    rotate(log)  # absent: nothing to do
+    log.write_bytes(b"x" * 10)
+    rotate(log)
+    assert log.exists() and not (tmp_path / "hostagent.log.1").exists()
+    log.write_bytes(b"y" * (LOG_ROTATE_BYTES + 1))
+    rotate(log)
+    assert not log.exists() and (tmp_path / "hostagent.log.1").stat().st_size > LOG_ROTATE_BYTES
