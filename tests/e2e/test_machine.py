@@ -321,3 +321,34 @@ def test_image_build_is_reproducible(vm: VM, tmp_path: Path) -> None:
         a = (images / mine / name).read_bytes()
         b = (vm.home / "cache" / "images" / theirs / name).read_bytes()
         assert a == b, name
+
+
+def test_a_format_cut_short_is_done_again(vm: VM, tmp_path: Path) -> None:
+    """A first boot stopped during mkfs leaves the marker 1 MiB before the end and no
+    label: the next boot recognises the disk as its own and formats it again."""
+    vm.vmctl("machine", "create", "halfway", "--no-mount", "--memory", "512M", "--disk", "1G")
+    machine_dir = vm.home / "machines" / "halfway"
+    raw = tmp_path / "disk.raw"
+    size = 2**30
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        f.write(b"\x53\xef half-written ext4 structures")
+        f.seek(size - 2**20)
+        f.write(b"vmctl-data: formatting")
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            str(raw),
+            str(machine_dir / "disk.qcow2"),
+        ],
+        check=True,
+    )
+    vm.vmctl("machine", "start", "halfway", timeout=300)
+    out = vm.vmctl("machine", "ssh", "halfway", "--", "grep /var/lib/vmctl /proc/mounts").stdout
+    assert "ext4" in out
+    vm.vmctl("machine", "rm", "--force", "halfway")
