@@ -65,7 +65,9 @@ def cmd_create(paths: Paths, args: argparse.Namespace) -> int:
 def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
     machine = Machine(paths, args.name)
     if not machine.exists():
-        machine.create(config_from_args(args.name, args))
+        config = config_from_args(args.name, args)
+        machine.check_host(config)  # a start that cannot work creates nothing
+        machine.create(config)
         progress(f"created machine {args.name!r}")
     elif creation_options_given(args):
         raise VmctlError(
@@ -262,7 +264,10 @@ def ssh_argv(machine: Machine, port: int, command: Sequence[str], tty: bool) -> 
         "-o",
         "IdentitiesOnly=yes",
         "-o",
-        f"UserKnownHostsFile={f.known_hosts}",
+        # Quoted: ssh splits this option's value at spaces (macOS paths have them).
+        f'UserKnownHostsFile="{f.known_hosts}"',
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
         "-o",
         f"HostKeyAlias={f.ssh_alias}",
         "-o",
@@ -493,6 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (OSError, subprocess.SubprocessError) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print(
+            "hint: check the path and its permissions; --debug shows where it happened",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

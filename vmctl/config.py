@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,9 +25,8 @@ MIN_DISK_GIB = 1
 MAX_DISK_GIB = 64 * 1024
 MAX_CPUS = 256
 
-# Guest paths a share may not cover: the guest's own system directories.
-RESERVED_GUEST_PATHS = (
-    "/",
+# Guest paths a share may not be, nor be below: the guest's own system.
+GUEST_SYSTEM_TREES = (
     "/bin",
     "/boot",
     "/dev",
@@ -34,16 +34,14 @@ RESERVED_GUEST_PATHS = (
     "/lib",
     "/lib64",
     "/proc",
-    "/root",
     "/run",
     "/sbin",
     "/sys",
-    "/tmp",
     "/usr",
-    "/var",
-    "/var/lib",
     "/var/lib/vmctl",
 )
+# ... and paths a share may be below but not be (a folder under /tmp is fine, /tmp not).
+GUEST_SYSTEM_DIRS = ("/", "/tmp", "/var", "/var/lib")
 
 
 @dataclass(frozen=True)
@@ -93,10 +91,13 @@ class MachineConfig:
             config = cls(mounts=mounts, **data)
         except TypeError as e:
             raise VmctlError(f"{source} is malformed: {e}") from None
-        config.validate()
+        config.validate(check_folders=False)
         return config
 
-    def validate(self) -> None:
+    def validate(self, check_folders: bool = True) -> None:
+        """Everything about the config; with check_folders, also that shared folders exist
+        on this host now (not when merely reading a stored config: a folder that went
+        away is not a corrupt config)."""
         check_machine_name(self.name)
         _check_int("cpus", self.cpus, 1, MAX_CPUS, "e.g. --cpus 2")
         _check_int("disk size (GiB)", self.disk_gib, MIN_DISK_GIB, MAX_DISK_GIB, "e.g. --disk 20G")
@@ -126,6 +127,8 @@ class MachineConfig:
                     hint='write mounts as {"path": "/abs", "writable": true}',
                 )
             check_mount_path(m.path)
+            if check_folders:
+                check_folder_exists(m.path)
             if m.guest_path in seen:
                 raise VmctlError(f"folder {m.path} is shared twice", hint="share each folder once")
             seen.add(m.guest_path)
@@ -143,8 +146,8 @@ def guest_path_for(host_path: str) -> str:
     m = re.match(r"^([A-Za-z]):[\\/](.*)$", host_path)
     if m:
         rest = m.group(2).replace("\\", "/")
-        return str(PurePosixPath("/", m.group(1).lower(), rest))
-    return str(PurePosixPath(host_path))
+        return posixpath.normpath(str(PurePosixPath("/", m.group(1).lower(), rest)))
+    return posixpath.normpath(host_path)
 
 
 def check_mount_path(path: str) -> None:
@@ -154,16 +157,22 @@ def check_mount_path(path: str) -> None:
         raise VmctlError(
             f"mount path {path!r} contains a line break or NUL", hint="rename the folder"
         )
-    if not os.path.isdir(path):
-        what = "does not exist" if not os.path.exists(path) else "is not a directory"
-        raise VmctlError(f"mount path {path} {what}", hint="share an existing host folder")
     guest = guest_path_for(path)
-    if guest in RESERVED_GUEST_PATHS or any(
-        guest.startswith(p + "/") for p in ("/proc", "/sys", "/dev", "/run", "/var/lib/vmctl")
+    if guest in GUEST_SYSTEM_DIRS or any(
+        guest == tree or guest.startswith(tree + "/") for tree in GUEST_SYSTEM_TREES
     ):
         raise VmctlError(
             f"mount path {path} would cover the guest's own {guest}",
-            hint="share a folder below it instead, such as your home directory",
+            hint="share a folder elsewhere, such as your home directory",
+        )
+
+
+def check_folder_exists(path: str) -> None:
+    if not os.path.isdir(path):
+        what = "does not exist" if not os.path.exists(path) else "is not a directory"
+        raise VmctlError(
+            f"mount path {path} {what}",
+            hint="create it, or share another folder (a machine's shares are in its config.json)",
         )
 
 

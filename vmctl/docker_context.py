@@ -19,7 +19,16 @@ def context_name(machine: str) -> str:
 
 
 def ensure_context(machine: str, engine_socket: Path) -> str | None:
-    """Create or update the context; returns its name, or None without a docker CLI."""
+    """Create or update the context; its name, or None (no docker CLI, or it failed:
+    the context is a convenience and never fails a start)."""
+    try:
+        return _ensure_context(machine, engine_socket)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("docker context for %s not written: %s", machine, e)
+        return None
+
+
+def _ensure_context(machine: str, engine_socket: Path) -> str | None:
     docker = shutil.which("docker")
     if docker is None:
         return None
@@ -52,6 +61,11 @@ def remove_context(machine: str) -> None:
     docker = shutil.which("docker")
     if docker is None:
         return
-    subprocess.run(
-        [docker, "context", "rm", "--force", context_name(machine)], capture_output=True, timeout=30
-    )
+    try:
+        subprocess.run(
+            [docker, "context", "rm", "--force", context_name(machine)],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("docker context for %s not removed: %s", machine, e)

@@ -56,6 +56,7 @@ GUEST_ENGINE_SOCKET = "/run/vmctl/engine.sock"
 BOOT_PROGRESS = "vmctl-init: stage 1"
 SSH_READY = "sshd may start"  # connect now, beside the rest of the boot
 READY = "VMCTL-READY"
+POWERED_OFF = "reboot: Power down"  # the kernel's last line after a clean poweroff
 GUEST_ERROR = "VMCTL-ERROR: "
 # A working accelerator reaches the guest's init in well under a second; nested KVM that
 # hangs never does. Under tcg the bound is the whole boot.
@@ -65,6 +66,8 @@ HARDWARE_PROGRESS_BOUND = 15.0
 TCG_PROGRESS_BOUND = 60.0
 BOOT_DEADLINE = 120.0
 SSH_DEADLINE = 60.0
+ADOPT_SSH_DEADLINE = 20.0  # a running guest answers at once; do not keep a start waiting
+ENGINE_CHECK_TIMEOUT = 10.0
 POWERDOWN_TIMEOUT = 30.0
 
 
@@ -107,6 +110,9 @@ class BackgroundConnect:
         return self.transport
 
 
+EXIT_UNKNOWN = -1000  # a QEMU we took over is not our child: its exit status is lost
+
+
 class QemuProcess:
     """QEMU as a child we started, or an orphan left by a previous host agent."""
 
@@ -118,7 +124,7 @@ class QemuProcess:
         """None while running; the exit code (negative: killed by that signal) after."""
         if self.popen is not None:
             return self.popen.poll()
-        return None if procs.alive(self.pid) else -1
+        return None if procs.alive(self.pid) else EXIT_UNKNOWN
 
     def kill(self) -> None:
         try:
@@ -132,6 +138,8 @@ class QemuProcess:
 
 
 def describe_exit(code: int) -> str:
+    if code == EXIT_UNKNOWN:
+        return "exit status unknown"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -162,11 +170,9 @@ def qemu_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     except FileNotFoundError:
-        raise VmctlError(
-            f"{binary} not found on PATH",
-            hint="install QEMU: apt-get install qemu-system-x86 qemu-utils "
-            "(macOS: brew install qemu)",
-        ) from None
+        from vmctl.machine import QEMU_INSTALL_HINT
+
+        raise VmctlError(f"{binary} not found on PATH", hint=QEMU_INSTALL_HINT) from None
     first = out.stdout.splitlines()[0] if out.stdout else ""
     return first.replace("QEMU emulator version", "").strip() or "unknown"
 
@@ -199,7 +205,7 @@ class HostAgent:
 
     # -- main -----------------------------------------------------------------------
 
-    def run(self, adopt: bool) -> int:
+    def run(self) -> int:
         if not take_lock(self.files.hostagent_lock):
             log.error("another host agent runs this machine; exiting")
             return 1
@@ -208,10 +214,12 @@ class HostAgent:
         previous = read_status(self.files.status)  # read before our own report replaces it
         procs.write_pid(self.files.hostagent_pid, os.getpid())
         self.report(STARTING)
-        outcome = "stopped"
+        outcome, failure = "stopped", None
         try:
             self.config = load_config(self.files.config)
-            if not (adopt and self.adopt(previous)):
+            # A QEMU of this machine still running (its host agent died) is taken over,
+            # never booted beside: two VMs on one disk would corrupt it.
+            if not self.adopt(previous):
                 self.boot()
             self.serve_engine()
             outcome = self.supervise()
@@ -219,23 +227,21 @@ class HostAgent:
             outcome = "stopped before it finished booting"
         except VmctlError as e:
             log.error("start failed: %s", e.message)
-            self.shutdown()
-            self.report(FAILED, message=e.message, hint=e.hint, detail=e.detail)
-            return 1
+            failure = e
         except Exception as e:  # a bug: keep the traceback in the log, tell the user
             log.exception("host agent crashed")
-            self.shutdown()
-            self.report(
-                FAILED,
-                message=f"host agent error: {e}",
-                hint=f"see {self.files.hostagent_log}",
-            )
-            return 1
+            failure = VmctlError(f"host agent error: {e}", hint=f"see {self.files.hostagent_log}")
         finally:
+            self.shutdown()
+            if failure is not None:
+                self.report(
+                    FAILED, message=failure.message, hint=failure.hint, detail=failure.detail
+                )
+            else:
+                self.report(STOPPED, message=outcome)
+            # Last: while the pid file names us, `status` says stopping, not degraded.
             self.files.hostagent_pid.unlink(missing_ok=True)
-        self.shutdown()
-        self.report(STOPPED, message=outcome)
-        return 0
+        return 0 if failure is None else 1
 
     # -- boot -----------------------------------------------------------------------
 
@@ -252,12 +258,13 @@ class HostAgent:
         memory = accelmod.AccelMemory(self.paths.accel_file)
         fingerprint = accelmod.host_fingerprint(version)
         choices = accelmod.plan(self.config.accel, accelmod.host_os(), memory, fingerprint)
+        failed: list[tuple[str, str]] = []
         for i, choice in enumerate(choices):
             self.report(accel=choice.accel, accel_reason=choice.reason)
             try:
                 self.launch(image, choice.accel)
             except AccelFailed as e:
-                memory.record(choice.accel, fingerprint, False, str(e))
+                failed.append((choice.accel, str(e)))
                 if i + 1 == len(choices):
                     raise VmctlError(
                         f"the machine did not boot with {choice.accel}: {e}",
@@ -270,6 +277,10 @@ class HostAgent:
                     "This is remembered for this host; `vmctl machine doctor` explains."
                 )
                 continue
+            # Only now is a failure the accelerator's fault: the same VM booted without it.
+            # (Had tcg failed too, the cause would be the VM, not the accelerator.)
+            for accel, reason in failed:
+                memory.record(accel, fingerprint, False, reason)
             if choice.accel != "tcg":
                 memory.record(choice.accel, fingerprint, True, "booted")
             return
@@ -393,13 +404,24 @@ class HostAgent:
         )
 
     def check_engine(self) -> None:
-        client.ping(self.open_engine_channel())
+        channel = self.open_engine_channel()
+        channel.settimeout(ENGINE_CHECK_TIMEOUT)  # an agent that accepts but never answers
+        try:
+            client.ping(channel)
+        except OSError as e:
+            raise VmctlError(
+                f"the guest agent did not answer /_ping: {e}",
+                hint="see `vmctl machine logs --agent`",
+            ) from None
         log.info("engine answers through SSH")
 
     def adopt(self, previous: AgentStatus | None) -> bool:
-        """Take over a QEMU left running by a host agent that died; False if it cannot
-        (the orphan is then powered down, so a fresh boot never runs beside it)."""
-        pid = procs.live_pid(self.files.qemu_pid, str(self.files.dir))
+        """Take over a QEMU of this machine left running by a host agent that died.
+
+        False if there is none, or if it cannot be reached; it is then powered down, so a
+        fresh boot never runs beside it.
+        """
+        pid = procs.live_pid(self.files.qemu_pid, self.files.dir)
         if pid is None:
             return False
         self.qemu = QemuProcess(pid)
@@ -415,14 +437,16 @@ class HostAgent:
         )
         try:
             transport = self.new_transport(previous.ssh_port)
-            transport.wait_until_connected(time.monotonic() + SSH_DEADLINE)
+            transport.wait_until_connected(time.monotonic() + ADOPT_SSH_DEADLINE)
             self.transport = transport
             self.check_engine()
         except VmctlError as e:
             self.warn(f"could not take over the running VM ({e.message}); restarting it")
             self.power_down()
             return False
-        log.info("adopted running QEMU pid %d", pid)
+        if self.stop_event.is_set():
+            raise StopRequested()
+        log.info("took over running QEMU pid %d", pid)
         return True
 
     def open_engine_channel(self) -> paramiko.Channel:
@@ -448,7 +472,10 @@ class HostAgent:
         while not self.stop_event.wait(0.2):
             code = self.qemu.exit_code()
             if code is not None:
-                if code == 0:
+                if code == 0 or (
+                    code == EXIT_UNKNOWN
+                    and POWERED_OFF in ConsoleLog(self.files.serial_log).tail(5)
+                ):
                     return "the guest powered off"
                 return f"QEMU exited unexpectedly ({describe_exit(code)})"
         return "stopped"
@@ -456,39 +483,11 @@ class HostAgent:
     # -- shutdown -------------------------------------------------------------------
 
     def power_down(self) -> None:
-        """ACPI power button through QMP, wait, then quit, then kill."""
-        qemu = self.qemu
-        if qemu is None or qemu.exit_code() is not None:
-            return
-        self.qmp("system_powerdown")
-        deadline = time.monotonic() + POWERDOWN_TIMEOUT
-        while time.monotonic() < deadline and qemu.exit_code() is None:
-            time.sleep(0.1)
-        if qemu.exit_code() is None:
-            log.warning("guest did not power off within %.0f s; quitting QEMU", POWERDOWN_TIMEOUT)
-            self.qmp("quit")
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and qemu.exit_code() is None:
-                time.sleep(0.1)
-        if qemu.exit_code() is None:
-            log.warning("QEMU still running; killing it")
-            qemu.kill()
+        if self.qemu is not None:
+            power_down(self.qemu, self.files.qmp_socket)
 
     def qmp(self, command: str) -> object:
-        """Run a QMP command; its result, or None if QMP is gone (as with QEMU itself)."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        try:
-            monitor = QEMUMonitorProtocol(str(self.files.qmp_socket))
-            monitor.settimeout(5)
-            monitor.connect()
-            try:
-                return monitor.cmd(command)
-            finally:
-                monitor.close()
-        except Exception as e:
-            log.warning("QMP %s failed: %s", command, e)
-            return None
+        return qmp_command(self.files.qmp_socket, command)
 
     def shutdown(self) -> None:
         if self.status.state in (RUNNING, STARTING):
@@ -501,8 +500,50 @@ class HostAgent:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
-        for path in (self.files.qmp_socket, self.files.qemu_pid, self.files.engine_socket):
-            path.unlink(missing_ok=True)
+        if self.qemu is not None and self.qemu.exit_code() is not None:
+            remove_qemu_files(self.files)
+
+
+def qmp_command(qmp_socket: Path, command: str) -> object:
+    """Run a QMP command; its result, or None if QMP is gone (as with QEMU itself)."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    try:
+        monitor = QEMUMonitorProtocol(str(qmp_socket))
+        monitor.settimeout(5)
+        monitor.connect()
+        try:
+            return monitor.cmd(command)
+        finally:
+            monitor.close()
+    except Exception as e:
+        log.warning("QMP %s failed: %s", command, e)
+        return None
+
+
+def power_down(qemu: QemuProcess, qmp_socket: Path) -> None:
+    """ACPI power button through QMP, wait, then QMP quit, then kill."""
+    if qemu.exit_code() is not None:
+        return
+    qmp_command(qmp_socket, "system_powerdown")
+    deadline = time.monotonic() + POWERDOWN_TIMEOUT
+    while time.monotonic() < deadline and qemu.exit_code() is None:
+        time.sleep(0.1)
+    if qemu.exit_code() is None:
+        log.warning("guest did not power off within %.0f s; quitting QEMU", POWERDOWN_TIMEOUT)
+        qmp_command(qmp_socket, "quit")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and qemu.exit_code() is None:
+            time.sleep(0.1)
+    if qemu.exit_code() is None:
+        log.warning("QEMU still running; killing it")
+        qemu.kill()
+
+
+def remove_qemu_files(files: MachineFiles) -> None:
+    """The files a QEMU of this machine leaves behind; only once it is gone."""
+    for path in (files.qmp_socket, files.qemu_pid):
+        path.unlink(missing_ok=True)
 
 
 _held_locks: list[object] = []
@@ -527,7 +568,6 @@ def take_lock(path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmctl-hostagent")
     parser.add_argument("--dir", required=True, type=Path, help="the machine directory")
-    parser.add_argument("--adopt", action="store_true", help="take over a running QEMU")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -535,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     files = MachineFiles(args.dir.absolute())
-    return HostAgent(Paths.from_env(), files).run(adopt=args.adopt)
+    return HostAgent(Paths.from_env(), files).run()
 
 
 if __name__ == "__main__":

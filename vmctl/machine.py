@@ -28,9 +28,21 @@ from vmctl.keys import generate_keypair, write_known_hosts
 from vmctl.paths import MachineFiles, Paths, check_socket_path
 from vmctl.qemu import qemu_binary
 from vmctl.seed import write_seed_config
-from vmctl.status import FAILED, RUNNING, STARTING, STOPPING, AgentStatus, read_status
+from vmctl.status import (
+    FAILED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    AgentStatus,
+    read_status,
+    write_status,
+)
 
 Progress = Callable[[str], None]
+QEMU_INSTALL_HINT = (
+    "install QEMU: apt-get install qemu-system-x86 qemu-utils (macOS: brew install qemu)"
+)
 START_TIMEOUT = 600.0  # a cold tcg boot takes seconds; this only catches a wedged agent
 STOP_TIMEOUT = 60.0
 
@@ -111,11 +123,7 @@ class Machine:
         check_socket_path(self.files.qmp_socket)
         qemu_img = shutil.which("qemu-img")
         if qemu_img is None:
-            raise VmctlError(
-                "qemu-img not found on PATH",
-                hint="install QEMU: apt-get install qemu-system-x86 qemu-utils "
-                "(macOS: brew install qemu)",
-            )
+            raise VmctlError("qemu-img not found on PATH", hint=QEMU_INSTALL_HINT)
         self.files.dir.mkdir(parents=True, mode=0o700)
         try:
             generate_keypair(self.files.client_key, comment=f"vmctl client for {self.name}")
@@ -147,9 +155,8 @@ class Machine:
 
     def status(self, check_engine: bool = True) -> MachineStatus:
         self.require()
-        marker = str(self.files.dir)
-        agent_pid = procs.live_pid(self.files.hostagent_pid, marker)
-        qemu_pid = procs.live_pid(self.files.qemu_pid, marker)
+        agent_pid = procs.live_pid(self.files.hostagent_pid, self.files.dir)
+        qemu_pid = procs.live_pid(self.files.qemu_pid, self.files.dir)
         agent = read_status(self.files.status)
         if agent_pid is None and qemu_pid is not None:
             return MachineStatus(
@@ -218,27 +225,23 @@ class Machine:
         self.preflight(config)
         ensure_image(self.paths, progress)
         write_seed_config(self.files.seed_config, config)
-        adopt = current.state == State.DEGRADED
-        if adopt:
+        if current.state == State.DEGRADED:
             progress(f"taking over the running VM of {self.name!r}")
         argv = [sys.executable, "-m", "vmctl.hostagent", "--dir", str(self.files.dir)]
-        if adopt:
-            argv.append("--adopt")
         rotate(self.files.hostagent_log)
         pid = procs.spawn_daemon(argv, self.files.hostagent_log)
         return self.wait_started(pid, progress)
 
-    def preflight(self, config: MachineConfig) -> None:
-        """Fail before booting anything for what can be known up front."""
+    def check_host(self, config: MachineConfig) -> None:
+        """What this host must offer before the machine can boot (checked before create
+        too, so a start that cannot work leaves no new machine behind)."""
         from vmctl.hostagent import check_port_free
 
+        config.validate()  # shared folders must exist now
         if shutil.which(qemu_binary()) is None:
-            raise VmctlError(
-                f"{qemu_binary()} not found on PATH",
-                hint="install QEMU: apt-get install qemu-system-x86 qemu-utils "
-                "(macOS: brew install qemu)",
-            )
+            raise VmctlError(f"{qemu_binary()} not found on PATH", hint=QEMU_INSTALL_HINT)
         check_socket_path(self.files.engine_socket)
+        check_socket_path(self.files.qmp_socket)
         if socket_in_use(self.files.engine_socket):
             raise VmctlError(
                 f"{self.files.engine_socket} is in use by another process",
@@ -246,6 +249,10 @@ class Machine:
             )
         if config.ssh_port:
             check_port_free(config.ssh_port)
+
+    def preflight(self, config: MachineConfig) -> None:
+        """Fail before booting anything for what can be known up front."""
+        self.check_host(config)
         for key in (self.files.client_key, self.files.host_key, self.files.disk):
             if not key.exists():
                 raise VmctlError(
@@ -289,6 +296,8 @@ class Machine:
     # -- stop and remove ------------------------------------------------------------
 
     def stop(self, progress: Progress = silent) -> None:
+        from vmctl.hostagent import QemuProcess, power_down, remove_qemu_files
+
         current = self.status(check_engine=False)
         if current.state == State.STOPPED:
             raise VmctlError(
@@ -301,24 +310,25 @@ class Machine:
                 os.kill(current.hostagent_pid, signal.SIGTERM)
             if not procs.wait_gone(current.hostagent_pid, STOP_TIMEOUT):
                 progress("the host agent did not stop in time; killing it")
-                procs.terminate(current.hostagent_pid, 1.0)
-        qemu_pid = procs.live_pid(self.files.qemu_pid, str(self.files.dir))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(current.hostagent_pid, signal.SIGKILL)
+                procs.wait_gone(current.hostagent_pid, 5)
+        qemu_pid = procs.live_pid(self.files.qemu_pid, self.files.dir)
         if qemu_pid is not None:
             # No host agent (it died, or was just killed): power the guest down ourselves.
-            from vmctl.hostagent import HostAgent, QemuProcess
-
-            progress("powering down the VM")
-            orphan = HostAgent(self.paths, self.files)
-            orphan.qemu = QemuProcess(qemu_pid)
-            orphan.power_down()
-            orphan.shutdown()
-        for leftover in (
-            self.files.engine_socket,
-            self.files.qmp_socket,
-            self.files.qemu_pid,
-            self.files.hostagent_pid,
-        ):
-            leftover.unlink(missing_ok=True)
+            progress("powering down the VM (its host agent is not running)")
+            power_down(QemuProcess(qemu_pid), self.files.qmp_socket)
+            status = read_status(self.files.status) or AgentStatus()
+            status.state, status.pid = STOPPED, 0
+            status.message = "stopped while its host agent was not running"
+            write_status(self.files.status, status)
+        # What the processes would have removed, had they ended cleanly; only theirs.
+        if procs.live_pid(self.files.qemu_pid, self.files.dir) is None:
+            remove_qemu_files(self.files)
+        if procs.live_pid(self.files.hostagent_pid, self.files.dir) is None:
+            self.files.hostagent_pid.unlink(missing_ok=True)
+            if not socket_in_use(self.files.engine_socket):
+                self.files.engine_socket.unlink(missing_ok=True)
 
     def remove(self, force: bool) -> None:
         current = self.status(check_engine=False)

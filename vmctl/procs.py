@@ -1,6 +1,6 @@
 """Pid files and process checks. A pid is only trusted when the process behind it is
-still ours: pids are reused, so every check also matches the command line against a
-marker (the machine directory, which appears in both QEMU's and the host agent's argv).
+still ours: pids are reused, so every check also matches the command line against the
+machine directory, which both QEMU's and the host agent's argv name.
 """
 
 from __future__ import annotations
@@ -62,12 +62,22 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def live_pid(path: Path, marker: str) -> int | None:
-    """The pid in `path` if that process is alive and its command line holds `marker`."""
+def names_directory(cmdline: str, directory: Path) -> bool:
+    """Whether a command line names `directory` itself or a file in it.
+
+    Matching a bare substring would take /machines/a for /machines/ab; a path must be
+    followed by "/" (a file in it, as in QEMU's -pidfile) or end an argument (--dir).
+    """
+    text = f" {cmdline.strip()} "
+    return f"{directory}/" in text or f" {directory} " in text
+
+
+def live_pid(path: Path, directory: Path) -> int | None:
+    """The pid in `path` if that process is alive and its command line names `directory`."""
     pid = read_pid(path)
     if pid is None or not alive(pid):
         return None
-    if sys.platform != "win32" and marker not in command_line(pid):
+    if sys.platform != "win32" and not names_directory(command_line(pid), directory):
         return None
     return pid
 

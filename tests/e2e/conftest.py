@@ -128,18 +128,33 @@ def vm() -> Iterator[VM]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def processes_naming(directory: Path) -> list[int]:
+    """Every live process whose command line names the directory or a file in it."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        text = f" {cmdline.strip()} "
+        if (f"{directory}/" in text or f" {directory} " in text) and pid_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
 def stop_everything(machine: VM) -> None:
-    """Leave no VM behind: stop cleanly, then kill by pid file what is still ours."""
-    if machine.dir.exists():
-        machine.vmctl("machine", "stop", machine.name, check=False, timeout=180)
-    for filename in ("hostagent.pid", "qemu.pid"):
-        pid = machine.pid(filename)
-        if (
-            pid_alive(pid)
-            and pid is not None
-            and str(machine.dir) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-        ):
-            os.kill(pid, 9)
+    """Leave no VM behind: stop each machine cleanly, then kill whatever still names the
+    session's home, and fail loudly if anything had to be killed."""
+    machines = machine.home / "machines"
+    for machine_dir in sorted(machines.iterdir()) if machines.is_dir() else []:
+        machine.vmctl("machine", "stop", machine_dir.name, check=False, timeout=180)
+    stray = processes_naming(machine.home)
+    for pid in stray:
+        os.kill(pid, 9)
+    if stray:
+        pytest.fail(f"processes left running after the session, killed: {stray}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -192,10 +192,10 @@ def test_supervisor_restarts_a_killed_agent(vm: VM) -> None:
     vm.ssh(f"kill -9 {old}")
     wait_for(
         lambda: vm.ssh("cat /run/vmctl/agent.pid", check=False).strip() not in ("", old),
-        30,
+        15,
         "a new agent pid",
     )
-    wait_for(lambda: curl_ping(vm) == "OK", 60, "the engine to answer again")
+    wait_for(lambda: curl_ping(vm) == "OK", 15, "the engine to answer again")
     assert vm.pid("qemu.pid") == qemu_before  # no machine restart
 
 
@@ -204,9 +204,13 @@ def test_supervisor_restarts_a_killed_agent(vm: VM) -> None:
 
 def test_data_disk_survives_stop_and_start(vm: VM) -> None:
     token = uuid.uuid4().hex
-    vm.ssh(f"echo {token} > /var/lib/vmctl/persist.txt && sync")
+    vm.ssh(f"echo {token} > /var/lib/vmctl/persist.txt")  # no sync: stop must flush it
     vm.vmctl("machine", "stop")
     assert leftovers(vm) == []
+    # The guest shut down cleanly: the power button worked and the disk was unmounted.
+    console = (vm.dir / "serial.log").read_text(errors="replace")
+    assert "vmctl-shutdown: data disk unmounted" in console
+    assert "did not power off" not in (vm.dir / "hostagent.log").read_text()
     assert vm.status()["state"] == "stopped"
     out = vm.vmctl("machine", "stop", check=False)
     assert out.returncode == 1 and "is not running" in out.stderr
@@ -240,6 +244,23 @@ def test_host_agent_killed_by_hand(vm: VM) -> None:
     assert vm.pid("qemu.pid") == qemu  # taken over, not rebooted
     assert curl_ping(vm) == "OK"
     assert vm.ssh("echo alive").strip() == "alive"
+
+
+def test_stop_without_a_host_agent(vm: VM) -> None:
+    """A degraded machine (host agent gone, VM running) stops cleanly from the CLI."""
+    agent = vm.pid("hostagent.pid")
+    assert agent is not None
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(agent), 10, "the host agent to die")
+    assert vm.status()["state"] == "degraded"
+    vm.vmctl("machine", "stop")
+    assert leftovers(vm) == []
+    status = vm.status()
+    assert status["state"] == "stopped"
+    assert "stopped while its host agent was not running" in str(status["detail"])
+    assert "vmctl-shutdown: done" in (vm.dir / "serial.log").read_text(errors="replace")
+    vm.vmctl("machine", "start")
+    assert curl_ping(vm) == "OK"
 
 
 def test_restart(vm: VM) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,17 @@ from vmctl.paths import Paths
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VMCTL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    # These tests boot nothing: the only QEMU on PATH is a stand-in that refuses to run.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("qemu-img", "sh", "bash", "ssh"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    fake = bin_dir / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\necho 'stand-in QEMU: unit tests boot no VM' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
     return tmp_path / "home"
 
 
@@ -84,10 +96,14 @@ def test_env_output_can_be_evaluated(home: Path) -> None:
 
 
 def test_unknown_machine(home: Path) -> None:
-    for verb in ("start", "stop", "status", "ssh", "env", "logs", "rm"):
+    # (`start` is not among them: it creates the machine it does not find.)
+    for verb in ("stop", "restart", "status", "ssh", "env", "logs", "doctor", "rm"):
         code, _, err = run("machine", verb, "ghost")
+        if verb == "doctor":  # doctor reports on everything, the missing machine included
+            assert code == 0 and "does not exist" in run("machine", verb, "ghost")[1]
+            continue
         assert code == 1, (verb, err)
-        assert "machine 'ghost' does not exist" in one_error(err) or verb == "start"
+        assert "machine 'ghost' does not exist" in one_error(err)
 
 
 def test_create_then_create_again(home: Path) -> None:
@@ -168,7 +184,7 @@ def test_stop_a_stopped_machine(home: Path) -> None:
 
 def test_no_qemu_on_path(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert run("machine", "create", "dev", "--no-mount")[0] == 0
-    empty = tmp_path / "bin"
+    empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     code, _, err = run("machine", "start", "dev")
@@ -236,3 +252,36 @@ def test_rotate_keeps_one_previous_log(tmp_path: Path) -> None:
     log.write_bytes(b"y" * (LOG_ROTATE_BYTES + 1))
     rotate(log)
     assert not log.exists() and (tmp_path / "hostagent.log.1").stat().st_size > LOG_ROTATE_BYTES
+
+
+def test_start_with_a_vanished_share(home: Path, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    assert run("machine", "create", "dev", "--mount", str(share))[0] == 0
+    share.rmdir()
+    code, out, _ = run("machine", "status", "dev")
+    assert code == 0 and out.startswith("dev: stopped")
+    code, _, err = run("machine", "start", "dev")
+    assert code == 1 and f"mount path {share} does not exist" in one_error(err)
+
+
+def test_start_that_cannot_work_creates_nothing(home: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, _, err = run("machine", "start", "--no-mount", "--ssh-port", str(port))
+    assert code == 1 and "already in use" in one_error(err)
+    assert not (home / "machines" / "default").exists()
+
+
+def test_unusable_home_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("VMCTL_HOME", str(blocker / "home"))
+    code, _, err = run("machine", "create", "--no-mount")
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err

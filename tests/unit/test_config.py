@@ -147,3 +147,30 @@ def test_saved_json_is_readable(tmp_path: Path) -> None:
     save_config(path, MachineConfig(name="x"))
     data = json.loads(path.read_text())
     assert data["version"] == 1 and data["memory_mib"] == 2048
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/usr/lib", "/etc/ssh", "/var/lib/vmctl/x", "/tmp/../usr", "/bin", "/tmp", "/var", "/"],
+)
+def test_shares_may_not_cover_the_guest_system(path: str) -> None:
+    with pytest.raises(VmctlError, match="would cover the guest's own"):
+        MachineConfig(name="m", mounts=(Mount(path),)).validate(check_folders=False)
+
+
+@pytest.mark.parametrize("path", ["/home/me", "/root", "/tmp/share", "/var/www", "/srv/x"])
+def test_shares_anywhere_else_are_fine(path: str) -> None:
+    MachineConfig(name="m", mounts=(Mount(path),)).validate(check_folders=False)
+
+
+def test_a_vanished_folder_is_not_a_corrupt_config(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    machine_dir = tmp_path / "dev"
+    machine_dir.mkdir()
+    save_config(machine_dir / "config.json", MachineConfig(name="dev", mounts=(Mount(str(share)),)))
+    share.rmdir()
+    config = load_config(machine_dir / "config.json")  # reading it still works
+    with pytest.raises(VmctlError, match="does not exist") as e:
+        config.validate()  # what start checks
+    assert "config.json" in e.value.hint

@@ -109,3 +109,48 @@ def test_stop_during_boot(agent: HostAgent) -> None:
     with pytest.raises(StopRequested):
         agent.wait_for_boot("tcg", on_ssh_ready=lambda: None)
     assert popen.poll() is not None
+
+
+def test_an_accelerator_failure_is_remembered_only_if_tcg_then_boots(
+    agent: HostAgent, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from vmctl import accel
+    from vmctl.config import MachineConfig
+
+    agent.config = MachineConfig(name="m")
+    monkeypatch.setattr(accel, "hardware_available", lambda os_name: (True, "usable"))
+    monkeypatch.setattr(accel, "host_os", lambda: "linux")
+    monkeypatch.setattr(hostagent, "qemu_version", lambda binary: "9.9")
+    image = tmp_path / "img"
+    image.mkdir()
+    for name in ("vmlinux", "vmlinuz", "initrd.img", "manifest.json", "busybox.tar"):
+        (image / name).write_text("x")
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (agent.paths.images / "current").write_text('{"image_id": "img", "kernel_release": "6"}')
+    (agent.paths.images / "img").symlink_to(image)
+    memory = accel.AccelMemory(agent.paths.accel_file)
+
+    def both_fail(img: object, which: str) -> None:
+        if which == "kvm":
+            raise AccelFailed("QEMU exited during boot (exit code 1): disk is locked")
+        raise VmctlError("QEMU exited during boot (exit code 1): disk is locked")
+
+    monkeypatch.setattr(agent, "launch", both_fail)
+    with pytest.raises(VmctlError):
+        agent.boot()
+    assert memory.entries() == {}  # the VM's fault, not kvm's: nothing remembered
+
+    def only_kvm_fails(img: object, which: str) -> None:
+        if which == "kvm":
+            raise AccelFailed("no boot progress within 15 s")
+
+    monkeypatch.setattr(agent, "launch", only_kvm_fails)
+    agent.boot()
+    assert memory.entries()["kvm"]["works"] is False
+    assert "no boot progress" in memory.entries()["kvm"]["reason"]
+
+
+def test_exit_of_a_taken_over_qemu_is_not_a_signal() -> None:
+    assert hostagent.describe_exit(hostagent.EXIT_UNKNOWN) == "exit status unknown"
+    assert hostagent.describe_exit(-9) == "killed by SIGKILL"
+    assert hostagent.describe_exit(3) == "exit code 3"

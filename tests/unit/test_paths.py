@@ -54,3 +54,14 @@ def test_machine_files_live_in_the_machine_dir() -> None:
     assert files.engine_socket == Path("/m/dev/engine.sock")
     assert files.disk == Path("/m/dev/disk.qcow2")
     assert files.ssh_alias == "vmctl-dev"
+
+
+def test_a_command_line_names_a_directory_exactly() -> None:
+    from vmctl.procs import names_directory
+
+    d = Path("/h/machines/a")
+    assert names_directory("python -m vmctl.hostagent --dir /h/machines/a", d)
+    assert names_directory("qemu -pidfile /h/machines/a/qemu.pid -m 1G", d)
+    assert names_directory("qemu -chardev file,id=c,path=/h/machines/a/serial.log", d)
+    assert not names_directory("python -m vmctl.hostagent --dir /h/machines/ab", d)
+    assert not names_directory("qemu -pidfile /h/machines/ab/qemu.pid", d)
