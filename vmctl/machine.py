@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,7 +272,8 @@ class Machine:
                     progress(f"warning: {warning}")
                 shown_warnings = len(agent.warnings)
                 if agent.accel and agent.accel != last_accel:
-                    progress(f"booting with {agent.accel} ({agent.accel_reason})")
+                    reason = textwrap.shorten(agent.accel_reason, 110, placeholder=" …")
+                    progress(f"booting with {agent.accel} ({reason})")
                     last_accel = agent.accel
                 if agent.state == RUNNING:
                     return self.status()
