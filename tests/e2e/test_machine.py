@@ -49,6 +49,34 @@ def manifest(vm: VM) -> dict[str, object]:
     return data
 
 
+def machine_with_disk(
+    vm: VM, name: str, tmp_path: Path, size: int, contents: dict[int, bytes]
+) -> Path:
+    """A new machine whose data disk holds `contents` (offset -> bytes) instead of zeros."""
+    vm.vmctl("machine", "create", name, "--no-mount", "--memory", "512M", "--disk", "1G")
+    machine_dir = vm.home / "machines" / name
+    raw = tmp_path / f"{name}.raw"
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        for offset, data in contents.items():
+            f.seek(offset)
+            f.write(data)
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            str(raw),
+            str(machine_dir / "disk.qcow2"),
+        ],
+        check=True,
+    )
+    return machine_dir
+
+
 def leftovers(vm: VM) -> list[str]:
     found = [
         name
@@ -280,24 +308,8 @@ def test_rm_refuses_a_running_machine_then_force(vm: VM) -> None:
 
 def test_a_disk_with_foreign_data_is_never_formatted(vm: VM, tmp_path: Path) -> None:
     """The guest formats a blank data disk only; anything else stops the boot, untouched."""
-    vm.vmctl("machine", "create", "foreign", "--no-mount", "--memory", "512M", "--disk", "1G")
-    machine_dir = vm.home / "machines" / "foreign"
-    raw = tmp_path / "disk.raw"
-    with open(raw, "wb") as f:
-        f.truncate(64 * 2**20)
-        f.write(b"precious user data, not a filesystem vmctl made")
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            str(raw),
-            str(machine_dir / "disk.qcow2"),
-        ],
-        check=True,
+    machine_dir = machine_with_disk(
+        vm, "foreign", tmp_path, 64 * 2**20, {0: b"precious user data, not a filesystem vmctl made"}
     )
     out = vm.vmctl("machine", "start", "foreign", check=False, timeout=300)
     assert out.returncode == 1
@@ -347,27 +359,13 @@ def test_image_build_is_reproducible(vm: VM, tmp_path: Path) -> None:
 def test_a_format_cut_short_is_done_again(vm: VM, tmp_path: Path) -> None:
     """A first boot stopped during mkfs leaves the marker 1 MiB before the end and no
     label: the next boot recognises the disk as its own and formats it again."""
-    vm.vmctl("machine", "create", "halfway", "--no-mount", "--memory", "512M", "--disk", "1G")
-    machine_dir = vm.home / "machines" / "halfway"
-    raw = tmp_path / "disk.raw"
     size = 2**30
-    with open(raw, "wb") as f:
-        f.truncate(size)
-        f.write(b"\x53\xef half-written ext4 structures")
-        f.seek(size - 2**20)
-        f.write(b"vmctl-data: formatting")
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            str(raw),
-            str(machine_dir / "disk.qcow2"),
-        ],
-        check=True,
+    machine_with_disk(
+        vm,
+        "halfway",
+        tmp_path,
+        size,
+        {0: b"\x53\xef half-written ext4 structures", size - 2**20: b"vmctl-data: formatting"},
     )
     vm.vmctl("machine", "start", "halfway", timeout=300)
     out = vm.vmctl("machine", "ssh", "halfway", "--", "grep /var/lib/vmctl /proc/mounts").stdout
