@@ -90,13 +90,23 @@ class BackgroundConnect:
         self.transport = transport
         self.deadline = deadline
         self.error: BaseException | None = None
+        self.cancelled = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ssh-connect", daemon=True)
 
     def _run(self) -> None:
         try:
-            self.transport.wait_until_connected(self.deadline)
+            self.transport.wait_until_connected(self.deadline, on_attempt=self._check_cancelled)
         except BaseException as e:  # handed to the boot thread by result()
             self.error = e
+
+    def _check_cancelled(self, attempt: int, last: BaseException | None) -> None:
+        if self.cancelled.is_set():
+            raise StopRequested()
+
+    def cancel(self) -> None:
+        """The VM it waits for is gone: retry no more (a relaunch may reuse the port).
+        Not close(): that waits for an attempt in flight, and the boot must not."""
+        self.cancelled.set()
 
     def start(self) -> None:
         if not self.thread.is_alive() and self.thread.ident is None:
@@ -288,8 +298,8 @@ class HostAgent:
     def launch(self, image: BootImage, accel: str) -> None:
         assert self.config is not None
         explicit = self.config.ssh_port
-        stalls = 0
-        for attempt in range(4):
+        port_retries, stalls = 0, 0
+        while True:
             port = explicit or free_port()
             if explicit:
                 check_port_free(port)
@@ -310,10 +320,13 @@ class HostAgent:
             try:
                 self.wait_for_boot(accel, on_ssh_ready=ssh.start)
             except AccelFailed as e:
-                if "host forwarding rule" in str(e) and not explicit and attempt < 2:
+                ssh.cancel()
+                if "host forwarding rule" in str(e) and not explicit and port_retries < 2:
+                    port_retries += 1
                     continue  # another process took the free port first: pick again
                 raise
             except BootStalled as e:
+                ssh.cancel()
                 stalls += 1
                 if stalls > 1:
                     raise VmctlError(
@@ -322,6 +335,9 @@ class HostAgent:
                     ) from None
                 self.warn(f"the VM stalled before the guest started ({e}); booting it again")
                 continue
+            except BaseException:
+                ssh.cancel()
+                raise
             self.transport = ssh.result()
             self.check_engine()
             return
