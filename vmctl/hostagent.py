@@ -68,6 +68,7 @@ BOOT_DEADLINE = 120.0
 SSH_DEADLINE = 60.0
 ADOPT_SSH_DEADLINE = 20.0  # a running guest answers at once; do not keep a start waiting
 ENGINE_CHECK_TIMEOUT = 10.0
+CONSOLE_POLL = 0.01  # reading a small, growing file; the ready line is acted on at once
 POWERDOWN_TIMEOUT = 30.0
 
 
@@ -398,7 +399,7 @@ class HostAgent:
             if self.stop_event.is_set():
                 self.qemu.kill()
                 raise StopRequested()
-            time.sleep(0.05)
+            time.sleep(CONSOLE_POLL)
 
     def qemu_log_tail(self) -> str:
         try:
