@@ -15,6 +15,7 @@ from typing import Any
 
 from vmctl import __version__, docker_context
 from vmctl.config import MachineConfig, Mount, parse_mount, parse_size_gib, parse_size_mib
+from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
 from vmctl.machine import Machine, MachineStatus, State, list_machines
 from vmctl.paths import DEFAULT_MACHINE, Paths
@@ -321,30 +322,16 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def tail_text(path: Path, lines: int) -> str:
-    from vmctl.console import clean
-
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return f"({path.name} does not exist yet)"
-    text = [clean(line) for line in data.splitlines()]
-    return "\n".join(text[-lines:]) if lines > 0 else "\n".join(text)
+    return tail_lines(path, lines, missing=f"({path.name} is empty or does not exist yet)")
 
 
 def guest_agent_log(machine: Machine, lines: int) -> str:
     status = machine.status(check_engine=False)
     if status.state != State.RUNNING or status.agent is None:
         return "(the guest agent's log lives in the VM; start the machine to read it)"
-    from vmctl.keys import read_public_line
-    from vmctl.transport import SSHTransport
+    from vmctl.transport import machine_transport
 
-    f = machine.files
-    transport = SSHTransport(
-        host="127.0.0.1",
-        port=status.agent.ssh_port,
-        client_key=f.client_key,
-        host_public_line=read_public_line(f.host_key.with_suffix(".pub")),
-    )
+    transport = machine_transport(machine.files, status.agent.ssh_port)
     transport.connect(timeout=15)
     try:
         count = f"-n {lines}" if lines > 0 else "-n +1"

@@ -27,14 +27,21 @@ class ConsoleLog:
         return [clean(line) for line in lines]
 
     def tail(self, lines: int = TAIL_LINES) -> str:
-        try:
-            data = self.path.read_bytes()
-        except OSError:
-            return "(no console output)"
-        text = [clean(line) for line in data.split(b"\n")]
-        while text and not text[-1]:
-            text.pop()
-        return "\n".join(text[-lines:]) if text else "(no console output)"
+        return tail_lines(self.path, lines)
+
+
+def tail_lines(path: Path, lines: int = TAIL_LINES, missing: str = "(no console output)") -> str:
+    """The last `lines` lines of a log (all of it with 0) as printable text, or `missing`."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return missing
+    text = [clean(line) for line in data.split(b"\n")]
+    while text and not text[-1]:
+        text.pop()
+    if lines > 0:
+        text = text[-lines:]
+    return "\n".join(text) if text else missing
 
 
 def clean(line: bytes) -> str:

@@ -7,6 +7,7 @@ import subprocess
 
 from vmctl import accel as accelmod
 from vmctl.errors import VmctlError
+from vmctl.hostagent import qemu_version
 from vmctl.machine import Machine, State
 from vmctl.paths import Paths
 from vmctl.qemu import qemu_binary
@@ -37,11 +38,7 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     os_name = accelmod.host_os()
     hardware = accelmod.HARDWARE.get(os_name, "none")
     ok, why = accelmod.hardware_available(os_name)
-    version = (
-        first_line([qemu, "--version"]).replace("QEMU emulator version", "").strip()
-        if qemu
-        else "unknown"
-    )
+    version = qemu_version(qemu) if qemu else "unknown"
     fingerprint = accelmod.host_fingerprint(version)
     memory = accelmod.AccelMemory(paths.accel_file)
     plan = accelmod.plan("auto", os_name, memory, fingerprint)

@@ -30,7 +30,6 @@ from vmctl.config import MachineConfig, load_config
 from vmctl.console import ConsoleLog
 from vmctl.errors import VmctlError
 from vmctl.forward import UnixSocketForwarder
-from vmctl.keys import read_public_line
 from vmctl.paths import MachineFiles, Paths
 from vmctl.qemu import BootImage, build_argv, qemu_binary
 from vmctl.status import (
@@ -411,14 +410,9 @@ class HostAgent:
     # -- ssh and engine ---------------------------------------------------------------
 
     def new_transport(self, port: int) -> SSHTransport:
-        from vmctl.transport import SSHTransport
+        from vmctl.transport import machine_transport
 
-        return SSHTransport(
-            host="127.0.0.1",
-            port=port,
-            client_key=self.files.client_key,
-            host_public_line=read_public_line(self.files.host_key.with_suffix(".pub")),
-        )
+        return machine_transport(self.files, port)
 
     def check_engine(self) -> None:
         channel = self.open_engine_channel()

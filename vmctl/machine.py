@@ -24,6 +24,7 @@ from typing import Any
 
 from vmctl import client, procs
 from vmctl.config import MachineConfig, load_config, save_config
+from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
 from vmctl.keys import generate_keypair, write_known_hosts
 from vmctl.paths import MachineFiles, Paths, check_socket_path
@@ -287,7 +288,7 @@ class Machine:
                 raise VmctlError(
                     "the host agent exited during start",
                     hint=f"see its log: {self.files.hostagent_log}",
-                    detail=tail_file(self.files.hostagent_log),
+                    detail=tail_lines(self.files.hostagent_log, 20, missing=""),
                 )
             time.sleep(0.05)
         raise VmctlError(
@@ -386,13 +387,6 @@ def ensure_image(paths: Paths, progress: Progress) -> None:
     if not lines or " is up to date (" not in lines[-1]:
         for line in lines:
             progress(line)
-
-
-def tail_file(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def list_machines(paths: Paths) -> list[str]:

@@ -21,7 +21,8 @@ import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
 
 from vmctl.errors import VmctlError
-from vmctl.keys import parse_public_line
+from vmctl.keys import parse_public_line, read_public_line
+from vmctl.paths import MachineFiles
 
 log = logging.getLogger(__name__)
 
@@ -401,4 +402,13 @@ def _timed_out(command: str, timeout: float) -> VmctlError:
     return VmctlError(
         f"{command!r} in the VM did not finish within {timeout:g} s",
         hint="the VM may be overloaded or the command hung",
+    )
+
+
+def machine_transport(files: MachineFiles, port: int) -> SSHTransport:
+    """The transport to a machine's guest: its client key, its pinned host key."""
+    return SSHTransport(
+        port=port,
+        client_key=files.client_key,
+        host_public_line=read_public_line(files.host_key.with_suffix(".pub")),
     )
