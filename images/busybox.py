@@ -138,7 +138,9 @@ def build_layer(busybox: bytes, applets: list[str], mtime: int) -> bytes:
         "etc/passwd": (_PASSWD.encode(), 0o644),
         "etc/group": (_GROUP.encode(), 0o644),
     }
-    all_paths = sorted([*_DIRS, *files, *(f"bin/{n}" for n in names)], key=lambda p: p.split("/"))
+    # Hard links come after the file they link to: an extractor creates them from it.
+    all_paths = sorted([*_DIRS, *files], key=lambda p: p.split("/"))
+    all_paths += [f"bin/{n}" for n in names]
     for path in all_paths:
         if path in _DIRS:
             entries.append((_info(path + "/", tarfile.DIRTYPE, _DIRS[path], mtime), None))

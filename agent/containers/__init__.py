@@ -1,0 +1,1 @@
+"""Containers as the Engine API sees them: records, options, lifecycle."""

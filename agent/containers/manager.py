@@ -1,0 +1,997 @@
+"""Container lifecycle: create, start, wait, kill, stop, restart, pause, remove, re-adopt.
+
+One :class:`ContainerManager` per daemon. It turns Docker's create body into a
+:class:`~agent.runtime.spec.ContainerSpec`, starts it through the shim
+(:mod:`agent.runtime.launch`), watches every shim with a thread, and applies restart
+policies. All state is on disk (``<root>/containers/<id>/container.json``), so a daemon
+that restarts finds its running containers again (their shims keep running), and at boot
+restarts those the policy says to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.containers import names, options, rootfs
+from agent.containers.model import (
+    CREATED,
+    DEAD,
+    EXITED,
+    PAUSED,
+    REMOVING,
+    RESTARTING,
+    RUNNING,
+    Container,
+)
+from agent.errors import AgentError, BadRequest, Conflict, NotFound
+from agent.runtime import capabilities, cgroups, launch, seccomp, seccomp_default, users
+from agent.runtime.logfile import LogOptions, timestamp
+from agent.runtime.rootpath import secure_join
+from agent.runtime.shim import ShimPaths
+from agent.runtime.spec import ContainerSpec, Mount, Process
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+RESTART_BACKOFF_START = 0.1  # seconds; doubles per quick failure, as Docker does
+RESTART_BACKOFF_MAX = 60.0
+RESTART_RESET_AFTER = 10.0  # a run this long resets the back-off
+
+
+class Network(Protocol):
+    """What the manager needs from a network driver (the default bridge)."""
+
+    def attach(self, container_id: str, netns_fd: int) -> Any: ...
+
+    def detach(self, container_id: str) -> None: ...
+
+
+class ImageSource(Protocol):
+    def get(self, name_or_id: str) -> Any: ...
+
+
+@dataclass
+class Running:
+    """What the daemon keeps in memory for a container whose shim is alive."""
+
+    shim_pid: int
+    pidfd: int
+    our_child: bool
+    cgroup: cgroups.Cgroup | None
+
+
+def _start_time(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat: with the pid, it identifies a process uniquely."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return 0
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        root: str,
+        images: ImageSource,
+        volumes: Any,
+        hierarchy: cgroups.Hierarchy | None,
+        network: Network | None,
+        on_event: Callable[[str, Container, dict[str, str]], None] | None = None,
+        host_resolv_conf: str = "/etc/resolv.conf",
+        run_root: str = "/run/vmctl/containers",
+    ) -> None:
+        self.root = os.path.join(root, "containers")
+        os.makedirs(self.root, mode=0o710, exist_ok=True)
+        # Sockets live on a short path: unix socket paths are limited to 107 bytes.
+        self.run_root = run_root
+        os.makedirs(run_root, mode=0o700, exist_ok=True)
+        self.images = images
+        self.volumes = volumes
+        self.hierarchy = hierarchy
+        self.network = network
+        self.on_event = on_event or (lambda *_: None)
+        self.host_resolv_conf = host_resolv_conf
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._containers: dict[str, Container] = {}
+        self._running: dict[str, Running] = {}
+        self._seccomp_cache: dict[frozenset[str], object] = {}
+        self._closing = False
+
+    def attach_socket(self, container: Container) -> str:
+        return os.path.join(self.run_root, f"{container.id}.sock")
+
+    # --- lookup -------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read every container from disk and re-adopt or restart the running ones."""
+        for entry in sorted(os.listdir(self.root)):
+            directory = os.path.join(self.root, entry)
+            try:
+                container = Container.load(directory)
+            except (OSError, ValueError, TypeError) as error:
+                log.warning("ignoring unreadable container %s: %s", entry, error)
+                continue
+            self._containers[container.id] = container
+        for container in list(self._containers.values()):
+            self._recover(container)
+
+    def all(self) -> list[Container]:
+        with self._lock:
+            return sorted(self._containers.values(), key=lambda c: c.created, reverse=True)
+
+    def get(self, ref: str) -> Container:
+        with self._lock:
+            if ref in self._containers:
+                return self._containers[ref]
+            name = ref.lstrip("/")
+            for container in self._containers.values():
+                if container.name == name:
+                    return container
+            matches = [c for c in self._containers.values() if c.id.startswith(ref)]
+            if len(matches) == 1 and ref:
+                return matches[0]
+            if len(matches) > 1:
+                raise BadRequest(f"multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}")
+
+    def _name_in_use(self, name: str) -> Container | None:
+        return next((c for c in self._containers.values() if c.name == name), None)
+
+    # --- create -------------------------------------------------------------------------
+    def create(self, body: dict[str, Any], name: str = "") -> Container:
+        """Validate everything first, then write; a bad request leaves nothing behind."""
+        if not isinstance(body, dict):
+            raise BadRequest("the create request body must be a JSON object")
+        image_ref = str(body.get("Image") or "")
+        if not image_ref:
+            raise BadRequest('no image specified: the create request needs "Image"')
+        image = self.images.get(image_ref)  # raises a 404 "No such image"
+        host_config: dict[str, Any] = dict(body.get("HostConfig") or {})
+        config = _merge_image_config(body, image.config.get("config") or {})
+        self._validate(config, host_config)
+        with self._lock:
+            if name:
+                if not _NAME.match(name):
+                    raise BadRequest(
+                        f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                        "are allowed"
+                    )
+                name = name.lstrip("/")
+                other = self._name_in_use(name)
+                if other is not None:
+                    raise Conflict(
+                        f'Conflict. The container name "/{name}" is already in use by '
+                        f'container "{other.id}". You have to remove (or rename) that '
+                        "container to be able to reuse that name."
+                    )
+            else:
+                name = names.generate(lambda n: self._name_in_use(n) is not None)
+            container_id = secrets.token_hex(32)
+            directory = os.path.join(self.root, container_id)
+            if not config.get("Hostname"):
+                config["Hostname"] = container_id[:12]
+            container = Container(
+                id=container_id,
+                name=name,
+                created=timestamp(),
+                image_id=image.id,
+                image_name=image_ref,
+                config=config,
+                host_config=host_config,
+                directory=directory,
+            )
+            try:
+                os.makedirs(container.rootfs_dir, mode=0o710)
+                container.save()
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            self._containers[container_id] = container
+        self.on_event("create", container, {})
+        return container
+
+    def _validate(self, config: dict[str, Any], host_config: dict[str, Any]) -> None:
+        try:
+            capabilities.resolve(
+                host_config.get("CapAdd"),
+                host_config.get("CapDrop"),
+                bool(host_config.get("Privileged")),
+            )
+            options.ulimits(host_config.get("Ulimits"))
+            security = options.security_options(host_config.get("SecurityOpt"))
+            if security.seccomp not in (None, "unconfined"):
+                seccomp.load_profile(security.seccomp)
+            for bind in host_config.get("Binds") or []:
+                options.parse_bind(bind)
+            for mount in host_config.get("Mounts") or []:
+                options.parse_mount(mount)
+            for target, opts in (host_config.get("Tmpfs") or {}).items():
+                options.parse_tmpfs(target, opts)
+            options.restart_policy(
+                host_config.get("RestartPolicy"), bool(host_config.get("AutoRemove"))
+            )
+            log_config = host_config.get("LogConfig") or {}
+            if log_config.get("Type") not in (None, "", "json-file"):
+                raise options.OptionError(
+                    f"log driver {log_config.get('Type')!r} is not supported: only json-file"
+                )
+            LogOptions.from_config(log_config.get("Config"))
+            for entry in host_config.get("ExtraHosts") or []:
+                if ":" not in entry:
+                    raise options.OptionError(f"invalid argument {entry!r} for --add-host")
+            if not config.get("Cmd") and not config.get("Entrypoint"):
+                raise options.OptionError("no command specified")
+            self._network_mode(host_config)
+        except (
+            options.OptionError,
+            capabilities.CapabilityError,
+            seccomp.SeccompError,
+            ValueError,
+        ) as error:
+            raise BadRequest(str(error)) from None
+        resources = cgroups.Resources.from_host_config(host_config)
+        needed = resources.controllers_needed()
+        if needed:
+            if self.hierarchy is None:
+                raise BadRequest(
+                    "resource limits need cgroup v2, which this host does not have mounted; "
+                    "run without --memory/--cpus/--pids-limit or in the vmctl VM"
+                )
+            missing = needed - self.hierarchy.available()
+            if missing:
+                raise BadRequest(
+                    f"this host's cgroup v2 hierarchy lacks the {', '.join(sorted(missing))} "
+                    "controller(s) the requested limits need; run without them or in the "
+                    "vmctl VM"
+                )
+
+    def _network_mode(self, host_config: dict[str, Any]) -> str:
+        mode = str(host_config.get("NetworkMode") or "default")
+        if mode in ("default", "bridge"):
+            return "bridge"
+        if mode in ("none", "host") or mode.startswith("container:"):
+            return mode
+        raise options.OptionError(f"network {mode} not found")
+
+    # --- start --------------------------------------------------------------------------
+    def start(self, ref: str) -> Container:
+        container = self.get(ref)
+        with self._lock:
+            if container.state.status == PAUSED:
+                raise Conflict("cannot start a paused container, try unpause instead")
+            if container.state.running:
+                return container  # Docker answers 304 Not Modified; the API layer maps it
+            if container.state.status == REMOVING:
+                raise Conflict(f"container {container.id[:12]} is marked for removal")
+            container.state.stopped_by_user = False
+        self._start(container)
+        return container
+
+    def _start(self, container: Container) -> None:
+        image = self.images.get(container.image_id)
+        host_config = container.host_config
+        layers = [str(p) for p in image.layer_dirs]
+        rootfs.mount_overlay(layers, container.upper, container.work, container.merged)
+        cgroup = None
+        endpoint: dict[str, Any] = {}
+        started = None
+        try:
+            spec, volume_names = self._spec(container)
+            resources = cgroups.Resources.from_host_config(host_config)
+            if self.hierarchy is not None:
+                cgroup = self.hierarchy.create(container.id, resources)
+            mode = self._network_mode(host_config)
+
+            def on_ready(pid: int) -> None:
+                if cgroup is not None:
+                    cgroup.add_process(pid)
+                if mode == "bridge" and self.network is not None:
+                    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        attached = self.network.attach(container.id, fd)
+                    finally:
+                        os.close(fd)
+                    endpoint.update(
+                        IPAddress=attached.ip,
+                        IPPrefixLen=attached.prefix,
+                        Gateway=attached.gateway,
+                        MacAddress=attached.mac,
+                        HostVeth=attached.host_veth,
+                    )
+                    self._write_hosts(container, attached.ip)
+
+            self._write_etc_files(container, mode)
+            started = launch.start(
+                spec,
+                ShimPaths(container.exit_file, container.log_file, self.attach_socket(container)),
+                LogOptions.from_config((host_config.get("LogConfig") or {}).get("Config")),
+                on_ready,
+                self._seccomp(spec, host_config),
+            )
+        except launch.StartError as error:
+            self._start_failed(container, cgroup, str(error), error.code)
+            status = 400 if error.code in (126, 127) else 500
+            raise AgentError(status, f"failed to create task for container: {error}") from None
+        except AgentError as error:
+            self._start_failed(container, cgroup, error.message, 128)
+            raise
+        except (OSError, ValueError, rootfs.RootfsError, users.UserError) as error:
+            self._start_failed(container, cgroup, str(error), 128)
+            raise AgentError(500, f"cannot start container: {error}") from None
+        with self._lock:
+            state = container.state
+            state.status = RUNNING
+            state.pid = started.init_pid
+            state.shim_pid = started.shim_pid
+            state.shim_start = _start_time(started.shim_pid)
+            state.started_at = timestamp()
+            state.finished_at = state.finished_at if state.has_been_started else state.finished_at
+            state.exit_code = 0
+            state.error = ""
+            state.oom_killed = False
+            state.has_been_started = True
+            container.network = endpoint
+            container.save()
+            self._watch(container, started.shim_pid, our_child=True, cgroup=cgroup)
+            self._changed.notify_all()
+        self.on_event("start", container, {})
+        del volume_names
+
+    def _start_failed(
+        self, container: Container, cgroup: cgroups.Cgroup | None, message: str, code: int
+    ) -> None:
+        self._release(container, cgroup)
+        with self._lock:
+            container.state.status = CREATED if not container.state.has_been_started else EXITED
+            container.state.error = message
+            container.state.exit_code = code
+            container.save()
+            self._changed.notify_all()
+
+    def _release(self, container: Container, cgroup: cgroups.Cgroup | None) -> None:
+        """Give back what a run held: its cgroup, its network endpoint, its root mount."""
+        if cgroup is not None:
+            try:
+                cgroup.remove()
+            except cgroups.CgroupError as error:
+                log.warning("%s: %s", container.id[:12], error)
+        if self.network is not None:
+            self.network.detach(container.id)
+        rootfs.unmount(container.merged)
+
+    def _seccomp(self, spec: ContainerSpec, host_config: dict[str, Any]) -> object | None:
+        security = options.security_options(host_config.get("SecurityOpt"))
+        if spec.privileged or security.seccomp == "unconfined":
+            return None
+        caps = spec.process.capabilities
+        if security.seccomp is not None:
+            profile = seccomp.load_profile(security.seccomp)
+            return seccomp.prepare(seccomp.compile_filter(profile, _cap_names(caps)))
+        key = frozenset(caps)
+        with self._lock:
+            if key not in self._seccomp_cache:
+                program = seccomp.compile_filter(seccomp_default.DEFAULT_PROFILE, _cap_names(caps))
+                self._seccomp_cache[key] = seccomp.prepare(program)
+            return self._seccomp_cache[key]
+
+    def _spec(self, container: Container) -> tuple[ContainerSpec, list[str]]:
+        config, host_config = container.config, container.host_config
+        privileged = bool(host_config.get("Privileged"))
+        security = options.security_options(host_config.get("SecurityOpt"))
+        identity = users.resolve(
+            container.merged, str(config.get("User") or ""), host_config.get("GroupAdd")
+        )
+        env = list(config.get("Env") or [])
+        keys = {item.split("=", 1)[0] for item in env}
+        if "PATH" not in keys:
+            env.insert(0, f"PATH={options.DEFAULT_PATH}")
+        if "HOSTNAME" not in keys:
+            env.append(f"HOSTNAME={config.get('Hostname', '')}")
+        if config.get("Tty") and "TERM" not in keys:
+            env.append("TERM=xterm")
+        if "HOME" not in keys:
+            env.append(f"HOME={identity.home}")
+        argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
+        cwd = str(config.get("WorkingDir") or "/")
+        caps = capabilities.resolve(
+            host_config.get("CapAdd"), host_config.get("CapDrop"), privileged
+        )
+        mounts, targets, volume_names = self._mounts(container)
+        claimed = {m.target for m in mounts}
+        managed = [
+            Mount(path, container.etc_file(path.rsplit("/", 1)[1]))
+            for path in rootfs.ETC_FILES
+            if path not in claimed
+        ]
+        mounts = managed + mounts
+        rootfs.prepare(container.merged, cwd, targets)
+        shm_size = int(host_config.get("ShmSize") or 0) or 64 * 1024 * 1024
+        spec = ContainerSpec(
+            id=container.id,
+            rootfs=container.merged,
+            process=Process(
+                argv=argv,
+                env=env,
+                cwd=cwd,
+                uid=identity.uid,
+                gid=identity.gid,
+                groups=identity.groups,
+                tty=bool(config.get("Tty")),
+                stdin=bool(config.get("OpenStdin")),
+                capabilities=caps,
+                no_new_privileges=security.no_new_privileges,
+                rlimits=options.ulimits(host_config.get("Ulimits")),
+            ),
+            hostname=str(config.get("Hostname") or ""),
+            domainname=str(config.get("Domainname") or ""),
+            mounts=mounts,
+            readonly_rootfs=bool(host_config.get("ReadonlyRootfs")),
+            privileged=privileged,
+            shm_size=shm_size,
+        )
+        self._namespaces(container, spec)
+        return spec, volume_names
+
+    def _namespaces(self, container: Container, spec: ContainerSpec) -> None:
+        host_config = container.host_config
+        new = {"mnt", "uts", "ipc", "net", "pid"}
+        if str(host_config.get("CgroupnsMode") or "private") == "private":
+            new.add("cgroup")
+        joins: dict[str, str] = {}
+        modes = {
+            "pid": str(host_config.get("PidMode") or ""),
+            "ipc": str(host_config.get("IpcMode") or ""),
+            "uts": str(host_config.get("UTSMode") or ""),
+        }
+        mode = self._network_mode(host_config)
+        modes["net"] = "" if mode == "bridge" else mode
+        for kind, value in modes.items():
+            if value == "host":
+                new.discard(kind)
+            elif value.startswith("container:"):
+                other = self.get(value.split(":", 1)[1])
+                if not other.state.running:
+                    raise Conflict(
+                        f"cannot join the {kind} namespace of container "
+                        f"{other.id[:12]}: it is not running"
+                    )
+                new.discard(kind)
+                joins[kind] = f"/proc/{other.state.pid}/ns/{kind}"
+            elif value in ("", "private", "shareable", "none", "bridge", "default"):
+                continue
+            else:
+                raise BadRequest(f"invalid {kind} mode: {value}")
+        if modes["net"] == "host":
+            spec.hostname = ""
+        spec.new_namespaces = new
+        spec.join_namespaces = joins
+
+    def _mounts(
+        self, container: Container
+    ) -> tuple[list[Mount], list[tuple[str, bool]], list[str]]:
+        host_config = container.host_config
+        requests = [options.parse_bind(b) for b in host_config.get("Binds") or []]
+        requests += [options.parse_mount(m) for m in host_config.get("Mounts") or []]
+        requests += [options.parse_tmpfs(t, o) for t, o in (host_config.get("Tmpfs") or {}).items()]
+        claimed = {r.target for r in requests}
+        for target in container.config.get("Volumes") or {}:
+            if target not in claimed:  # the image's VOLUME: an anonymous volume
+                requests.append(options.MountRequest("volume", "", target))
+        mounts: list[Mount] = []
+        targets: list[tuple[str, bool]] = []
+        volume_names: list[str] = []
+        inspect: list[dict[str, Any]] = []
+        for request in requests:
+            if request.kind == "bind":
+                source = request.source
+                if not os.path.exists(source):
+                    if not request.create_source:
+                        raise BadRequest(
+                            f'invalid mount config for type "bind": bind '
+                            f"source path does not exist: {source}"
+                        )
+                    os.makedirs(source, exist_ok=True)
+                is_file = not os.path.isdir(source)
+                mounts.append(
+                    Mount(
+                        request.target,
+                        source,
+                        None,
+                        0,
+                        None,
+                        request.readonly,
+                        options.PROPAGATION.get(request.propagation, 0),
+                        request.recursive,
+                    )
+                )
+                targets.append((request.target, is_file))
+                inspect.append(_mount_record("bind", source, request))
+            elif request.kind == "volume":
+                volume = self._volume_for(container, request)
+                volume_names.append(volume.name)
+                mounts.append(
+                    Mount(request.target, volume.mountpoint, None, 0, None, request.readonly)
+                )
+                targets.append((request.target, False))
+                inspect.append(_mount_record("volume", volume.mountpoint, request, volume.name))
+            else:
+                flags, data = options.mount_options(request.options, linux_flags_default_tmpfs())
+                mounts.append(
+                    Mount(request.target, "tmpfs", "tmpfs", flags, data or None, request.readonly)
+                )
+                targets.append((request.target, False))
+                inspect.append(_mount_record("tmpfs", "", request))
+        container.mounts = inspect
+        return mounts, targets, volume_names
+
+    def _volume_for(self, container: Container, request: options.MountRequest) -> Any:
+        name = request.source
+        recorded = next(
+            (
+                m
+                for m in container.mounts
+                if m.get("Type") == "volume" and m.get("Destination") == request.target
+            ),
+            None,
+        )
+        if not name and recorded is not None:
+            name = recorded["Name"]  # the same anonymous volume across restarts
+        volume = (
+            self.volumes.create(name)
+            if name
+            else self.volumes.create("", labels={"com.docker.volume.anonymous": ""})
+        )
+        if not volume.populated:
+            if request.nocopy:
+                self.volumes.mark_populated(volume)
+            else:
+                self.volumes.populate(volume, secure_join(container.merged, request.target))
+        return volume
+
+    def _write_etc_files(self, container: Container, mode: str) -> None:
+        host_config = container.host_config
+        hostname = str(container.config.get("Hostname") or "")
+        if mode == "host":
+            hostname = os.uname().nodename
+        _write(container.etc_file("hostname"), hostname + "\n")
+        self._write_hosts(container, "")
+        try:
+            with open(self.host_resolv_conf) as handle:
+                host_resolv = handle.read()
+        except OSError:
+            host_resolv = ""
+        text = rootfs.resolv_conf(
+            host_resolv,
+            host_config.get("Dns") or [],
+            host_config.get("DnsSearch") or [],
+            host_config.get("DnsOptions") or [],
+        )
+        _write(container.etc_file("resolv.conf"), text)
+
+    def _write_hosts(self, container: Container, address: str) -> None:
+        text = rootfs.hosts_file(
+            str(container.config.get("Hostname") or ""),
+            address,
+            container.host_config.get("ExtraHosts") or [],
+        )
+        _write(container.etc_file("hosts"), text)
+
+    # --- watching -----------------------------------------------------------------------
+    def _watch(
+        self, container: Container, shim_pid: int, our_child: bool, cgroup: cgroups.Cgroup | None
+    ) -> None:
+        try:
+            pidfd = os.pidfd_open(shim_pid)
+        except ProcessLookupError:
+            pidfd = -1
+        self._running[container.id] = Running(shim_pid, pidfd, our_child, cgroup)
+        thread = threading.Thread(
+            target=self._wait_for_shim,
+            args=(container,),
+            name=f"watch-{container.id[:12]}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _wait_for_shim(self, container: Container) -> None:
+        running = self._running[container.id]
+        if running.pidfd >= 0:
+            select.select([running.pidfd], [], [])
+            os.close(running.pidfd)
+        if running.our_child:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(running.shim_pid, 0)
+        self._exited(container)
+
+    def _exited(self, container: Container) -> None:
+        exit_code, finished = 255, timestamp()
+        try:
+            with open(container.exit_file) as handle:
+                record = json.load(handle)
+            exit_code = int(record["ExitCode"])
+            finished = str(record["FinishedAt"])
+        except (OSError, ValueError, KeyError):
+            log.warning("%s: the shim left no exit status", container.id[:12])
+        with self._lock:
+            running = self._running.pop(container.id, None)
+            cgroup = running.cgroup if running else None
+            oom = cgroup.oom_killed() if cgroup is not None else False
+            self._release(container, cgroup)
+            state = container.state
+            state.status = EXITED
+            state.pid = 0
+            state.shim_pid = 0
+            state.exit_code = exit_code
+            state.oom_killed = oom
+            state.finished_at = finished
+            restart = self._should_restart(container)
+            if restart:
+                state.status = RESTARTING
+            if container.id in self._containers:
+                container.save()
+            self._changed.notify_all()
+        if oom:
+            self.on_event("oom", container, {})
+        self.on_event("die", container, {"exitCode": str(exit_code)})
+        if restart and not self._closing:
+            self._schedule_restart(container)
+        elif container.host_config.get("AutoRemove") and container.id in self._containers:
+            try:
+                self.remove(container.id, force=True, volumes=True)
+            except AgentError as error:
+                log.warning("%s: auto-remove failed: %s", container.id[:12], error)
+
+    def _should_restart(self, container: Container) -> bool:
+        name, retries = options.restart_policy(container.host_config.get("RestartPolicy"), False)
+        state = container.state
+        if state.stopped_by_user or container.id not in self._containers:
+            return False
+        if name in ("always", "unless-stopped"):
+            return True
+        if name == "on-failure" and state.exit_code != 0:
+            return not retries or state.restart_count < retries
+        return False
+
+    def _schedule_restart(self, container: Container) -> None:
+        started = container.state.started_at
+        ran_for = _seconds_between(started, container.state.finished_at)
+        if ran_for >= RESTART_RESET_AFTER:
+            delay = RESTART_BACKOFF_START
+        else:
+            delay = min(
+                RESTART_BACKOFF_MAX,
+                RESTART_BACKOFF_START * (2 ** min(container.state.restart_count, 10)),
+            )
+
+        def restart() -> None:
+            time.sleep(delay)
+            with self._lock:
+                if (
+                    container.id not in self._containers
+                    or container.state.status != RESTARTING
+                    or self._closing
+                ):
+                    return
+                container.state.restart_count += 1
+            try:
+                self._start(container)
+                self.on_event("restart", container, {})
+            except AgentError as error:
+                log.warning("%s: restart failed: %s", container.id[:12], error.message)
+
+        threading.Thread(target=restart, name=f"restart-{container.id[:12]}", daemon=True).start()
+
+    def _recover(self, container: Container) -> None:
+        """After a daemon restart or a reboot: re-adopt a live shim or account for the exit."""
+        state = container.state
+        if state.status == RESTARTING:
+            state.status = EXITED
+        if state.status not in (RUNNING, PAUSED):
+            if state.status == REMOVING:
+                self._remove_files(container)
+            return
+        alive = state.shim_pid and _start_time(state.shim_pid) == state.shim_start
+        if alive:
+            cgroup = self.hierarchy.open(container.id) if self.hierarchy else None
+            self._watch(container, state.shim_pid, our_child=False, cgroup=cgroup)
+            log.info("re-adopted running container %s", container.id[:12])
+            return
+        # The shim is gone: the VM rebooted, or everything was killed.
+        if not os.path.exists(container.exit_file):
+            _write(
+                container.exit_file,
+                json.dumps({"ExitCode": 255, "Signal": 0, "FinishedAt": timestamp()}),
+            )
+        cgroup = self.hierarchy.open(container.id) if self.hierarchy else None
+        self._running[container.id] = Running(0, -1, False, cgroup)
+        self._exited(container)
+
+    # --- signals and stopping ------------------------------------------------------------
+    def kill(self, ref: str, signal_name: str | int | None = None) -> Container:
+        container = self.get(ref)
+        signum = parse_signal(signal_name or "KILL")
+        with self._lock:
+            if not container.state.running:
+                raise Conflict(
+                    f"cannot kill container: {ref}: container {container.id} is not running"
+                )
+            if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                container.state.stopped_by_user = True
+            pid = container.state.pid
+        self._signal(container, pid, signum)
+        self.on_event("kill", container, {"signal": str(signum)})
+        return container
+
+    def _signal(self, container: Container, pid: int, signum: int) -> None:
+        running = self._running.get(container.id)
+        if signum == signal.SIGKILL and running and running.cgroup is not None:
+            if container.state.status == PAUSED:
+                running.cgroup.thaw()
+            running.cgroup.kill()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    def stop(self, ref: str, timeout: int | None = None, signal_name: str | None = None) -> bool:
+        """Stop signal, then SIGKILL after the timeout. False when it was not running."""
+        container = self.get(ref)
+        with self._lock:
+            if container.state.status == RESTARTING:  # cancel the pending restart
+                container.state.stopped_by_user = True
+                container.state.status = EXITED
+                container.save()
+                self._changed.notify_all()
+                return True
+            if not container.state.running:
+                return False
+            container.state.stopped_by_user = True
+            container.save()
+            pid = container.state.pid
+        stop_signal = parse_signal(signal_name or container.config.get("StopSignal") or "SIGTERM")
+        if timeout is None:
+            timeout = container.config.get("StopTimeout")
+            timeout = 10 if timeout is None else int(timeout)
+        if container.state.status == PAUSED:
+            self.unpause(container.id)
+        self._signal(container, pid, stop_signal)
+        if timeout < 0 or not self.wait_stopped(container, timeout):
+            if container.state.running:
+                self._signal(container, pid, signal.SIGKILL)
+            self.wait_stopped(container, None)
+        self.on_event("stop", container, {})
+        return True
+
+    def wait_stopped(self, container: Container, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while container.state.status in (RUNNING, PAUSED):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def restart(self, ref: str, timeout: int | None = None) -> Container:
+        container = self.get(ref)
+        self.stop(container.id, timeout)
+        with self._lock:
+            if container.state.status == RESTARTING:
+                container.state.status = EXITED
+        return self.start(container.id)
+
+    def wait(self, ref: str, condition: str = "not-running", timeout: float | None = None) -> int:
+        """Docker's wait: block until the condition holds; the exit code."""
+        container = self.get(ref)
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise BadRequest(f"invalid condition: {condition!r}")
+        with self._lock:
+            finished = container.state.finished_at
+            deadline = None if timeout is None else time.monotonic() + timeout
+
+            def done() -> bool:
+                if condition == "removed":
+                    return container.id not in self._containers
+                if condition == "next-exit":
+                    return (
+                        container.state.finished_at != finished
+                        and container.state.status not in (RUNNING, PAUSED)
+                    )
+                return container.state.status not in (RUNNING, PAUSED, RESTARTING)
+
+            while not done():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise AgentError(408, "timed out waiting for the container")
+                self._changed.wait(remaining)
+            return container.state.exit_code
+
+    def pause(self, ref: str) -> None:
+        container = self.get(ref)
+        with self._lock:
+            if container.state.status != RUNNING:
+                raise Conflict(f"container {container.id} is not running")
+            running = self._running.get(container.id)
+            if running is None or running.cgroup is None:
+                raise AgentError(500, "pausing needs cgroup v2, which this host lacks")
+            running.cgroup.freeze()
+            container.state.status = PAUSED
+            container.save()
+        self.on_event("pause", container, {})
+
+    def unpause(self, ref: str) -> None:
+        container = self.get(ref)
+        with self._lock:
+            if container.state.status != PAUSED:
+                raise Conflict(f"container {container.id} is not paused")
+            running = self._running.get(container.id)
+            if running is not None and running.cgroup is not None:
+                running.cgroup.thaw()
+            container.state.status = RUNNING
+            container.save()
+        self.on_event("unpause", container, {})
+
+    # --- removal ------------------------------------------------------------------------
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        container = self.get(ref)
+        with self._lock:
+            if container.state.running or container.state.status == RESTARTING:
+                if not force:
+                    raise Conflict(
+                        f'cannot remove container "/{container.name}": container is '
+                        "running: stop the container before removing or force remove"
+                    )
+                container.state.stopped_by_user = True
+        if container.state.running:
+            self._signal(container, container.state.pid, signal.SIGKILL)
+            self.wait_stopped(container, None)
+        with self._lock:
+            if container.id not in self._containers:
+                return
+            container.state.status = REMOVING
+            container.save()
+            del self._containers[container.id]
+            self._changed.notify_all()
+        anonymous = [
+            m["Name"] for m in container.mounts if m.get("Type") == "volume" and m.get("Anonymous")
+        ]
+        self._remove_files(container)
+        if volumes:
+            for name in anonymous:
+                try:
+                    self.volumes.remove(name, self.volume_users(name))
+                except Exception as error:  # a volume another container took up stays
+                    log.info("keeping volume %s: %s", name, error)
+        self.on_event("destroy", container, {})
+
+    def _remove_files(self, container: Container) -> None:
+        rootfs.unmount(container.merged)
+        shutil.rmtree(container.directory, ignore_errors=True)
+
+    def volume_users(self, name: str) -> list[str]:
+        with self._lock:
+            return [
+                c.id
+                for c in self._containers.values()
+                if any(m.get("Name") == name for m in c.mounts)
+            ]
+
+    def image_users(self, image_id: str) -> str | None:
+        with self._lock:
+            for container in self._containers.values():
+                if container.image_id == image_id:
+                    word = "running" if container.state.running else "stopped"
+                    return f"{word} container {container.id[:12]}"
+        return None
+
+    def close(self) -> None:
+        """Daemon shutdown: containers keep running under their shims."""
+        self._closing = True
+
+
+def linux_flags_default_tmpfs() -> int:
+    from agent.runtime import linux
+
+    return linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+
+
+def _mount_record(
+    kind: str, source: str, request: options.MountRequest, name: str = ""
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "Type": kind,
+        "Source": source,
+        "Destination": request.target,
+        "Mode": "ro" if request.readonly else "",
+        "RW": not request.readonly,
+        "Propagation": request.propagation or ("rprivate" if kind == "bind" else ""),
+    }
+    if kind == "volume":
+        record.update(Name=name, Driver="local", Anonymous=not request.source)
+    return record
+
+
+def _cap_names(caps: set[str]) -> set[str]:
+    return {"CAP_" + c for c in caps}
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from agent.runtime.logfile import parse_timestamp
+
+    try:
+        return (parse_timestamp(end) - parse_timestamp(start)) / 1e9
+    except ValueError:
+        return 0.0
+
+
+def parse_signal(value: str | int) -> int:
+    """ "SIGTERM", "TERM", "15" or 15 → 15, as `docker kill -s` accepts them."""
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip().upper()
+        if text.isdigit():
+            number = int(text)
+        else:
+            name = text if text.startswith("SIG") else "SIG" + text
+            try:
+                number = int(signal.Signals[name])
+            except KeyError:
+                raise BadRequest(f"Invalid signal: {value}") from None
+    if not 0 < number < signal.NSIG:
+        raise BadRequest(f"Invalid signal: {value}")
+    return number
+
+
+def _merge_image_config(body: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
+    """Docker's create: the request's Config with the image's defaults filled in."""
+    config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
+    config["Env"] = options.merge_env(image.get("Env"), body.get("Env"))
+    if body.get("Entrypoint") is not None:
+        entrypoint = body["Entrypoint"]
+        config["Entrypoint"] = [entrypoint] if isinstance(entrypoint, str) else entrypoint
+        if not body.get("Cmd"):
+            config["Cmd"] = None  # a new entrypoint drops the image's CMD
+    else:
+        config["Entrypoint"] = image.get("Entrypoint")
+        if not body.get("Cmd"):
+            config["Cmd"] = image.get("Cmd")
+    if isinstance(config.get("Cmd"), str):
+        config["Cmd"] = [config["Cmd"]]
+    for key in ("WorkingDir", "User", "StopSignal"):
+        if not config.get(key) and image.get(key):
+            config[key] = image[key]
+    labels = dict(image.get("Labels") or {})
+    labels.update(body.get("Labels") or {})
+    config["Labels"] = labels
+    volumes = dict(image.get("Volumes") or {})
+    volumes.update(body.get("Volumes") or {})
+    config["Volumes"] = volumes or None
+    exposed = dict(image.get("ExposedPorts") or {})
+    exposed.update(body.get("ExposedPorts") or {})
+    config["ExposedPorts"] = exposed or None
+    config["Image"] = body.get("Image")
+    return config
+
+
+__all__ = ["ContainerManager", "parse_signal", "DEAD"]

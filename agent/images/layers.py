@@ -1,0 +1,440 @@
+"""Unpack one image layer tar into a directory overlayfs can use as a lower layer.
+
+The tar comes from untrusted images, so extraction never follows a symlink: every path is
+walked one component at a time from a directory fd with O_NOFOLLOW, and every file is made
+relative to its parent's fd. A symlink in the layer (``x -> /etc`` or ``x -> ../..``) is stored
+as it is, but no later entry can be written through it. The layer's DiffID (sha256 of the
+uncompressed tar) is computed while streaming, so the caller can check it against the image
+config without reading the layer twice.
+
+OCI whiteouts become overlayfs markers: ``.wh.<name>`` a 0/0 character device ``<name>``,
+``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr on its directory. Both need root.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from agent.errors import AgentError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+XATTR_PAX_PREFIX = "SCHILY.xattr."
+# A layer must not smuggle in overlay's own control xattrs (redirects, metacopy, opaque).
+_FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_MAGIC_GZIP = b"\x1f\x8b"
+_MAGIC_ZSTD = b"\x28\xb5\x2f\xfd"
+_MAGIC_XZ = b"\xfd7zXZ\x00"
+_MAGIC_BZIP2 = b"BZh"
+
+
+class LayerError(AgentError):
+    """A layer that cannot or must not be extracted; the message names the entry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    diff_id: str  # "sha256:<hex>" of the uncompressed tar
+    size: int  # bytes of regular file content (hard links counted once)
+
+
+class _Reader:
+    """Serves already-read bytes first, then the stream; hashes and counts what passes."""
+
+    def __init__(self, stream: BinaryIO, prefix: bytes = b"", digest: bool = False) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self._hash = hashlib.sha256() if digest else None
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            if size < 0:
+                data = self._prefix + self._stream.read()
+                self._prefix = b""
+            else:
+                data, self._prefix = self._prefix[:size], self._prefix[size:]
+        else:
+            data = self._stream.read(size)
+        if self._hash is not None:
+            self._hash.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        assert self._hash is not None
+        return self._hash.hexdigest()
+
+
+def _decompressed(stream: BinaryIO) -> BinaryIO:
+    """Wrap ``stream`` in the decompressor its magic bytes call for."""
+    head = b""
+    while len(head) < 6:
+        more = stream.read(6 - len(head))
+        if not more:
+            break
+        head += more
+    raw = _Reader(stream, head)
+    if head.startswith(_MAGIC_ZSTD):
+        raise LayerError(
+            "zstd-compressed layers are not supported; use an image with gzip or "
+            "uncompressed layers"
+        )
+    if head.startswith(_MAGIC_GZIP):
+        return cast(BinaryIO, gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb"))
+    if head.startswith(_MAGIC_XZ):
+        import lzma
+
+        return cast(BinaryIO, lzma.LZMAFile(cast(BinaryIO, raw), "rb"))
+    if head.startswith(_MAGIC_BZIP2):
+        import bz2
+
+        return cast(BinaryIO, bz2.BZ2File(cast(BinaryIO, raw), "rb"))
+    return cast(BinaryIO, raw)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class _Extractor:
+    """Extracts members into the directory open at ``root_fd``, never leaving it."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.root = _is_root()
+        self.size = 0
+        # Directory modes and times are applied last: children would change the mtimes,
+        # and a read-only mode would stop us creating them.
+        self.pending_dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
+
+    # --- path handling ----------------------------------------------------------------
+
+    @staticmethod
+    def split(entry: str, name: str) -> tuple[str, ...]:
+        """Path components of ``name``, refusing absolute paths and '..'."""
+        if name.startswith("/"):
+            raise LayerError(f"layer entry {entry!r} has an absolute path; refusing to extract")
+        parts = tuple(p for p in name.split("/") if p not in ("", "."))
+        if ".." in parts:
+            raise LayerError(f"layer entry {entry!r} contains '..'; refusing to extract")
+        return parts
+
+    @contextmanager
+    def parent_fd(self, entry: str, parts: tuple[str, ...], create: bool) -> Iterator[int]:
+        """An fd of the directory holding ``parts[-1]``, walked without following symlinks."""
+        fd = os.dup(self.root_fd)
+        try:
+            for depth, part in enumerate(parts[:-1]):
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    where = "/".join(parts[: depth + 1])
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        kind = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                        what = "a symlink" if stat.S_ISLNK(kind) else "not a directory"
+                        raise LayerError(
+                            f"layer entry {entry!r} goes through {where!r}, which is {what}; "
+                            "refusing to extract"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def remove_existing(self, parent: int, name: str, keep_dir: bool) -> None:
+        """Make room for a new entry: a later tar entry replaces an earlier one."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return
+            shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows symlinks
+        else:
+            os.unlink(name, dir_fd=parent)
+
+    # --- metadata ---------------------------------------------------------------------
+
+    def set_xattrs(self, target: int | str, member: tarfile.TarInfo, parent: int | None) -> None:
+        for key, value in member.pax_headers.items():
+            if not key.startswith(XATTR_PAX_PREFIX):
+                continue
+            attr = key[len(XATTR_PAX_PREFIX) :]
+            if not attr or attr.startswith(_FORBIDDEN_XATTR_PREFIXES):
+                continue
+            data = value.encode("utf-8", "surrogateescape")
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, attr, data)
+                else:
+                    # os.setxattr has no dir_fd; go through /proc for the parent fd.
+                    path = f"/proc/self/fd/{parent}/{target}"
+                    os.setxattr(path, attr, data, follow_symlinks=False)
+            except OSError:
+                continue  # the filesystem refuses this namespace (e.g. user.* on a symlink)
+
+    def set_owner_mode_times(self, fd: int, member: tarfile.TarInfo) -> None:
+        if self.root:
+            os.chown(fd, member.uid, member.gid)
+        # After chown, which clears setuid/setgid bits.
+        os.chmod(fd, member.mode & 0o7777)
+        ns = int(member.mtime * 1_000_000_000)
+        os.utime(fd, ns=(ns, ns))
+
+    # --- entries ----------------------------------------------------------------------
+
+    def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        entry = member.name
+        parts = self.split(entry, member.name)
+        if not parts:
+            return  # the layer root itself: dest keeps its own metadata
+        base = parts[-1]
+        with self.parent_fd(entry, parts, create=True) as parent:
+            if base == OPAQUE_MARKER:
+                self.opaque(entry, parent)
+            elif base.startswith(WHITEOUT_PREFIX):
+                hidden = base[len(WHITEOUT_PREFIX) :]
+                if hidden in ("", ".", ".."):
+                    raise LayerError(f"layer entry {entry!r} is not a valid whiteout")
+                self.whiteout(entry, parent, hidden, member)
+            elif member.isdir():
+                self.directory(parent, base, parts, member)
+            elif member.isreg():
+                self.regular(tar, parent, base, member)
+            elif member.issym():
+                self.symlink(parent, base, member)
+            elif member.islnk():
+                self.hardlink(entry, parent, base, member)
+            elif member.ischr() and member.devmajor == 0 and member.devminor == 0:
+                self.whiteout(entry, parent, base, member)  # already in overlay form
+            elif member.ischr() or member.isblk():
+                kind = "character" if member.ischr() else "block"
+                raise LayerError(
+                    f"layer entry {entry!r} is a {kind} device node; images must not ship "
+                    "device nodes (the runtime creates /dev)"
+                )
+            elif member.isfifo():
+                self.remove_existing(parent, base, keep_dir=False)
+                os.mkfifo(base, 0o600, dir_fd=parent)
+                self.finish_nofollow(parent, base, member)
+            else:
+                raise LayerError(f"layer entry {entry!r} has unsupported tar type {member.type!r}")
+
+    def directory(
+        self, parent: int, base: str, parts: tuple[str, ...], member: tarfile.TarInfo
+    ) -> None:
+        self.remove_existing(parent, base, keep_dir=True)
+        with suppress(FileExistsError):
+            os.mkdir(base, 0o700, dir_fd=parent)
+        fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+        try:
+            if self.root:
+                os.chown(fd, member.uid, member.gid)
+            self.set_xattrs(fd, member, None)
+        finally:
+            os.close(fd)
+        self.pending_dirs[parts] = member
+
+    def regular(
+        self, tar: tarfile.TarFile, parent: int, base: str, member: tarfile.TarInfo
+    ) -> None:
+        self.remove_existing(parent, base, keep_dir=False)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(base, flags, 0o600, dir_fd=parent)
+        try:
+            source = tar.extractfile(member)
+            if source is not None:
+                while chunk := source.read(_CHUNK):
+                    _write_all(fd, chunk)
+            self.size += member.size
+            self.set_xattrs(fd, member, None)
+            self.set_owner_mode_times(fd, member)
+        finally:
+            os.close(fd)
+
+    def symlink(self, parent: int, base: str, member: tarfile.TarInfo) -> None:
+        # Stored verbatim: the runtime resolves it inside the container's root.
+        self.remove_existing(parent, base, keep_dir=False)
+        os.symlink(member.linkname, base, dir_fd=parent)
+        self.finish_nofollow(parent, base, member)
+
+    def finish_nofollow(self, parent: int, base: str, member: tarfile.TarInfo) -> None:
+        """Owner, xattrs and times of a node that cannot be opened (symlink, fifo)."""
+        if self.root:
+            os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        if not member.issym():
+            os.chmod(base, member.mode & 0o7777, dir_fd=parent, follow_symlinks=False)
+        self.set_xattrs(base, member, parent)
+        ns = int(member.mtime * 1_000_000_000)
+        os.utime(base, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
+
+    def hardlink(self, entry: str, parent: int, base: str, member: tarfile.TarInfo) -> None:
+        target = member.linkname
+        if target.startswith("/"):
+            raise LayerError(
+                f"layer entry {entry!r} is a hard link to the absolute path {target!r}; "
+                "refusing to extract"
+            )
+        if ".." in target.split("/"):
+            raise LayerError(
+                f"layer entry {entry!r} is a hard link to {target!r}, which contains '..'; "
+                "refusing to extract"
+            )
+        tparts = self.split(entry, target)
+        refused = LayerError(
+            f"layer entry {entry!r} is a hard link to {target!r}, which is not a regular file "
+            "extracted earlier in this layer; refusing to extract"
+        )
+        if not tparts:
+            raise refused
+        try:
+            with self.parent_fd(entry, tparts, create=False) as tparent:
+                st = os.stat(tparts[-1], dir_fd=tparent, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise refused
+                try:
+                    existing = os.stat(base, dir_fd=parent, follow_symlinks=False)
+                    if (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino):
+                        return
+                except FileNotFoundError:
+                    pass
+                self.remove_existing(parent, base, keep_dir=False)
+                os.link(
+                    tparts[-1], base, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False
+                )
+        except FileNotFoundError:
+            raise refused from None
+
+    def whiteout(self, entry: str, parent: int, name: str, member: tarfile.TarInfo) -> None:
+        if not self.root:
+            raise LayerError(
+                f"layer entry {entry!r} is a whiteout; whiteouts need root (CAP_MKNOD) to "
+                "become overlay markers"
+            )
+        self.remove_existing(parent, name, keep_dir=False)
+        os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+        os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+
+    def opaque(self, entry: str, parent: int) -> None:
+        try:
+            os.setxattr(parent, OPAQUE_XATTR, b"y")
+        except PermissionError:
+            raise LayerError(
+                f"layer entry {entry!r} marks an opaque directory; that needs root "
+                f"(CAP_SYS_ADMIN for the {OPAQUE_XATTR} xattr)"
+            ) from None
+
+    def finish_dirs(self) -> None:
+        # Deepest first, so setting a parent's mtime comes after its children changed it.
+        for parts in sorted(self.pending_dirs, key=len, reverse=True):
+            member = self.pending_dirs[parts]
+            try:
+                with self.parent_fd(member.name, parts, create=False) as parent:
+                    fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            except (OSError, LayerError):
+                continue  # replaced or removed by a later entry
+            try:
+                self.set_owner_mode_times(fd, member)
+            finally:
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def extract_layer(stream: BinaryIO, dest: Path) -> LayerInfo:
+    """Extract the layer tar read from ``stream`` into the new directory ``dest``.
+
+    Accepts plain, gzip (and xz/bzip2) tars. Raises LayerError naming the offending entry
+    for anything unsafe; on any error ``dest`` is removed again.
+    """
+    try:
+        os.mkdir(dest, 0o755)
+    except FileExistsError:
+        if not dest.is_dir() or dest.is_symlink() or any(dest.iterdir()):
+            raise LayerError(
+                f"cannot extract a layer into {dest}: it exists and is not empty"
+            ) from None
+    try:
+        root_fd = os.open(dest, _DIR_FLAGS)
+    except OSError as exc:
+        raise LayerError(f"cannot open layer directory {dest}: {exc.strerror}") from None
+    try:
+        info = _extract(stream, root_fd)
+    except BaseException as exc:
+        os.close(root_fd)
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise LayerError(f"cannot extract layer into {dest}: {exc}") from None
+        raise
+    os.close(root_fd)
+    return info
+
+
+def _stream_errors() -> tuple[type[Exception], ...]:
+    """What a truncated or corrupt tar or compressed stream raises."""
+    errors: list[type[Exception]] = [tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile]
+    try:
+        import lzma
+
+        errors.append(lzma.LZMAError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _extract(stream: BinaryIO, root_fd: int) -> LayerInfo:
+    plain = _Reader(_decompressed(stream), digest=True)
+    extractor = _Extractor(root_fd)
+    member: tarfile.TarInfo | None = None
+    try:
+        with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+            while (member := tar.next()) is not None:
+                try:
+                    extractor.extract(tar, member)
+                except OSError as exc:
+                    raise LayerError(
+                        f"cannot extract layer entry {member.name!r}: {exc.strerror or exc}"
+                    ) from None
+                tar.members.clear()  # stream mode keeps every header otherwise
+            plain.drain()  # the end-of-archive padding belongs to the DiffID too
+        extractor.finish_dirs()
+    except _stream_errors() as exc:
+        where = f" after entry {member.name!r}" if member is not None else ""
+        raise LayerError(f"layer is not a valid tar archive{where}: {exc}") from None
+    return LayerInfo("sha256:" + plain.hexdigest(), extractor.size)

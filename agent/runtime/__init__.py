@@ -1,0 +1,1 @@
+"""The container runtime: namespaces, mounts, cgroups, confinement, processes (Linux only)."""
