@@ -37,6 +37,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start up, then wait until PATH exists before logging and listening "
         "(in the VM: the end of the boot, so Python's start-up overlaps it)",
     )
+    parser.add_argument(
+        "--root",
+        help="run containers, keeping images, volumes and containers here "
+        "(in the VM: /var/lib/vmctl on the data disk); without it only /_ping and /version",
+    )
+    parser.add_argument(
+        "--run-root", default="/run/vmctl", help="ephemeral runtime files (default /run/vmctl)"
+    )
+    parser.add_argument(
+        "--preload",
+        metavar="ARCHIVE",
+        help="a `docker save` archive loaded into the image store once (the busybox image)",
+    )
     parser.add_argument("--version", action="version", version=f"vmctl agent {__version__}")
     return parser.parse_args(argv)
 
@@ -50,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"error: cannot open log file {args.log_file}: {error}", file=sys.stderr)
         return 1
-    status = run(args.socket, args.announce)
+    status = run(args.socket, args.announce, args.root, args.run_root, args.preload)
     if status and args.log_file:
         # the reason is in the log file; point at it on stderr
         print(f"error: the agent could not start; see {args.log_file}", file=sys.stderr)

@@ -49,13 +49,27 @@ def wait_for(path: str, poll: float = 0.02) -> None:
         time.sleep(poll)
 
 
-def run(socket_path: str, announce_path: str | None = None) -> int:
-    """Serve the Engine API on ``socket_path``; the exit status for the process."""
+def run(
+    socket_path: str,
+    announce_path: str | None = None,
+    root: str | None = None,
+    run_root: str = "/run/vmctl",
+    preload: str | None = None,
+) -> int:
+    """Serve the Engine API on ``socket_path``; the exit status for the process.
+
+    With ``root``, the container engine's state lives there and is opened (containers
+    re-adopted or restarted) in the background once the socket listens.
+    """
     try:
         listener, identity = open_unix_listener(socket_path)
     except ListenerError as error:
         log.error("%s", error)
         return 1
+    if root is not None:
+        from agent import engine
+
+        engine.start_in_background(root=root, run_root=run_root, preload=preload)
     server = Server(listener, build_router())
 
     def stop(signum: int, _frame: object) -> None:

@@ -37,7 +37,7 @@ from agent.containers.model import (
     Container,
 )
 from agent.errors import AgentError, BadRequest, Conflict, NotFound
-from agent.runtime import capabilities, cgroups, launch, seccomp, seccomp_default, users
+from agent.runtime import capabilities, cgroups, launch, nsexec, seccomp, seccomp_default, users
 from agent.runtime.logfile import LogOptions, timestamp
 from agent.runtime.rootpath import secure_join
 from agent.runtime.shim import ShimPaths
@@ -61,6 +61,19 @@ class Network(Protocol):
 
 class ImageSource(Protocol):
     def get(self, name_or_id: str) -> Any: ...
+
+
+@dataclass
+class ExecInstance:
+    """An exec created for a running container (kept in memory, as dockerd does)."""
+
+    id: str
+    container_id: str
+    config: dict[str, Any]  # Docker's ExecConfig
+    started: bool = False
+    running: bool = False
+    pid: int = 0
+    exit_code: int | None = None
 
 
 @dataclass
@@ -110,6 +123,7 @@ class ContainerManager:
         self._changed = threading.Condition(self._lock)
         self._containers: dict[str, Container] = {}
         self._running: dict[str, Running] = {}
+        self._execs: dict[str, ExecInstance] = {}
         self._seccomp_cache: dict[frozenset[str], object] = {}
         self._closing = False
 
@@ -375,10 +389,15 @@ class ContainerManager:
         rootfs.unmount(container.merged)
 
     def _seccomp(self, spec: ContainerSpec, host_config: dict[str, Any]) -> object | None:
-        security = options.security_options(host_config.get("SecurityOpt"))
-        if spec.privileged or security.seccomp == "unconfined":
+        if spec.privileged:
             return None
-        caps = spec.process.capabilities
+        return self._seccomp_for(spec.process, host_config)
+
+    def _seccomp_for(self, process: Process, host_config: dict[str, Any]) -> object | None:
+        security = options.security_options(host_config.get("SecurityOpt"))
+        if security.seccomp == "unconfined":
+            return None
+        caps = process.capabilities
         if security.seccomp is not None:
             profile = seccomp.load_profile(security.seccomp)
             return seccomp.prepare(seccomp.compile_filter(profile, _cap_names(caps)))
@@ -389,28 +408,54 @@ class ContainerManager:
                 self._seccomp_cache[key] = seccomp.prepare(program)
             return self._seccomp_cache[key]
 
-    def _spec(self, container: Container) -> tuple[ContainerSpec, list[str]]:
+    def _process(self, container: Container, overrides: dict[str, Any] | None = None) -> Process:
+        """The container's main process, or an exec's with ``overrides`` (an ExecConfig)."""
         config, host_config = container.config, container.host_config
-        privileged = bool(host_config.get("Privileged"))
+        extra = overrides or {}
+        privileged = bool(host_config.get("Privileged") or extra.get("Privileged"))
         security = options.security_options(host_config.get("SecurityOpt"))
         identity = users.resolve(
-            container.merged, str(config.get("User") or ""), host_config.get("GroupAdd")
+            container.merged,
+            str(extra.get("User") or config.get("User") or ""),
+            host_config.get("GroupAdd"),
         )
-        env = list(config.get("Env") or [])
+        env = options.merge_env(config.get("Env"), extra.get("Env"))
         keys = {item.split("=", 1)[0] for item in env}
         if "PATH" not in keys:
             env.insert(0, f"PATH={options.DEFAULT_PATH}")
         if "HOSTNAME" not in keys:
             env.append(f"HOSTNAME={config.get('Hostname', '')}")
-        if config.get("Tty") and "TERM" not in keys:
+        tty = bool(extra.get("Tty") if overrides is not None else config.get("Tty"))
+        if tty and "TERM" not in keys:
             env.append("TERM=xterm")
         if "HOME" not in keys:
             env.append(f"HOME={identity.home}")
-        argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
-        cwd = str(config.get("WorkingDir") or "/")
-        caps = capabilities.resolve(
-            host_config.get("CapAdd"), host_config.get("CapDrop"), privileged
+        if overrides is not None:
+            argv = list(extra.get("Cmd") or [])
+            stdin = bool(extra.get("AttachStdin"))
+        else:
+            argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
+            stdin = bool(config.get("OpenStdin"))
+        return Process(
+            argv=argv,
+            env=env,
+            cwd=str(extra.get("WorkingDir") or config.get("WorkingDir") or "/"),
+            uid=identity.uid,
+            gid=identity.gid,
+            groups=identity.groups,
+            tty=tty,
+            stdin=stdin,
+            capabilities=capabilities.resolve(
+                host_config.get("CapAdd"), host_config.get("CapDrop"), privileged
+            ),
+            no_new_privileges=security.no_new_privileges,
+            rlimits=options.ulimits(host_config.get("Ulimits")),
         )
+
+    def _spec(self, container: Container) -> tuple[ContainerSpec, list[str]]:
+        host_config = container.host_config
+        privileged = bool(host_config.get("Privileged"))
+        process = self._process(container)
         mounts, targets, volume_names = self._mounts(container)
         claimed = {m.target for m in mounts}
         managed = [
@@ -419,24 +464,13 @@ class ContainerManager:
             if path not in claimed
         ]
         mounts = managed + mounts
-        rootfs.prepare(container.merged, cwd, targets)
+        rootfs.prepare(container.merged, process.cwd, targets)
         shm_size = int(host_config.get("ShmSize") or 0) or 64 * 1024 * 1024
+        config = container.config
         spec = ContainerSpec(
             id=container.id,
             rootfs=container.merged,
-            process=Process(
-                argv=argv,
-                env=env,
-                cwd=cwd,
-                uid=identity.uid,
-                gid=identity.gid,
-                groups=identity.groups,
-                tty=bool(config.get("Tty")),
-                stdin=bool(config.get("OpenStdin")),
-                capabilities=caps,
-                no_new_privileges=security.no_new_privileges,
-                rlimits=options.ulimits(host_config.get("Ulimits")),
-            ),
+            process=process,
             hostname=str(config.get("Hostname") or ""),
             domainname=str(config.get("Domainname") or ""),
             mounts=mounts,
@@ -844,6 +878,78 @@ class ContainerManager:
             container.state.status = RUNNING
             container.save()
         self.on_event("unpause", container, {})
+
+    # --- exec ---------------------------------------------------------------------------
+    def exec_create(self, ref: str, body: dict[str, Any]) -> ExecInstance:
+        container = self.get(ref)
+        if not isinstance(body, dict) or not body.get("Cmd"):
+            raise BadRequest("no exec command specified")
+        if isinstance(body["Cmd"], str):
+            body = {**body, "Cmd": [body["Cmd"]]}
+        with self._lock:
+            if container.state.status != RUNNING:
+                if container.state.status == PAUSED:
+                    raise Conflict(
+                        f"container {container.id} is paused, unpause the container before exec"
+                    )
+                raise Conflict(f"container {container.id} is not running")
+            instance = ExecInstance(secrets.token_hex(32), container.id, dict(body))
+            self._execs[instance.id] = instance
+        self.on_event("exec_create", container, {"execID": instance.id})
+        return instance
+
+    def exec_get(self, exec_id: str) -> ExecInstance:
+        with self._lock:
+            instance = self._execs.get(exec_id)
+        if instance is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return instance
+
+    def exec_start(self, exec_id: str) -> nsexec.ExecProcess:
+        """Start an exec instance; the caller streams its I/O and then calls exec_finish."""
+        instance = self.exec_get(exec_id)
+        container = self.get(instance.container_id)
+        with self._lock:
+            if instance.started:
+                raise Conflict(f"exec {exec_id} has already been started")
+            if container.state.status != RUNNING:
+                raise Conflict(f"container {container.id} is not running")
+            instance.started = True
+            running = self._running.get(container.id)
+            pid = container.state.pid
+        try:
+            process = self._process(container, instance.config)
+            host_config = container.host_config
+            privileged = bool(host_config.get("Privileged") or instance.config.get("Privileged"))
+            seccomp_filter = None if privileged else self._seccomp_for(process, host_config)
+            procs = (
+                str(running.cgroup.path / "cgroup.procs") if running and running.cgroup else None
+            )
+            handle = nsexec.start(pid, procs, process, seccomp_filter)
+        except (launch.StartError, users.UserError, OSError) as error:
+            instance.exit_code = getattr(error, "code", 126)
+            raise AgentError(
+                400 if instance.exit_code in (126, 127) else 500,
+                f"OCI runtime exec failed: {error}",
+            ) from None
+        instance.running = True
+        instance.pid = handle.pid
+        self.on_event("exec_start", container, {"execID": exec_id})
+        return handle
+
+    def exec_finish(self, exec_id: str, handle: nsexec.ExecProcess) -> int:
+        """Reap an exec's process (blocking) and record its exit code."""
+        code = handle.wait()
+        handle.close()
+        instance = self.exec_get(exec_id)
+        with self._lock:
+            instance.running = False
+            instance.exit_code = code
+            self._changed.notify_all()
+        container = self._containers.get(instance.container_id)
+        if container is not None:
+            self.on_event("exec_die", container, {"execID": exec_id, "exitCode": str(code)})
+        return code
 
     # --- removal ------------------------------------------------------------------------
     def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:

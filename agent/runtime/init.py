@@ -17,11 +17,12 @@ import os
 import resource
 import signal
 import socket
+from collections.abc import Callable
 from typing import NoReturn
 
 from agent.runtime import linux
 from agent.runtime.capabilities import Applier
-from agent.runtime.spec import DEV_LINKS, DEVICES, NAMESPACES, ContainerSpec, Mount
+from agent.runtime.spec import DEV_LINKS, DEVICES, NAMESPACES, ContainerSpec, Mount, Process
 
 PROC_FLAGS = linux.MS_NOSUID | linux.MS_NOEXEC | linux.MS_NODEV
 EXEC_NOT_FOUND = 127
@@ -39,7 +40,7 @@ class InitFailure(Exception):
         self.code = code
 
 
-def _reset_signals() -> None:
+def reset_signals() -> None:
     """Python ignores SIGPIPE and may catch others; exec keeps "ignored", so undo it all."""
     for signum in range(1, signal.NSIG):
         if signum in (signal.SIGKILL, signal.SIGSTOP):
@@ -165,23 +166,35 @@ def _mount_one(root: str, mount: Mount) -> None:
         linux.mount(None, target, None, mount.propagation)
 
 
-def _setup_console(root: str, tty_sock: socket.socket) -> int:
-    """Make the terminal inside the container's own devpts, hand its master to the shim."""
+def open_terminal(root: str) -> tuple[int, int]:
+    """A new terminal from the devpts at ``root``/dev/pts: (master, slave)."""
     import fcntl
     import struct
-    import termios
 
     master = os.open(root + "/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
-    slave_path = f"{root}/dev/pts/{number}"
-    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    slave = os.open(f"{root}/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    return master, slave
+
+
+def make_controlling(terminal: int) -> None:
+    """The terminal becomes this (session leader) process's controlling terminal."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+
+def _setup_console(root: str, tty_sock: socket.socket) -> int:
+    """Make the terminal inside the container's own devpts, hand its master to the shim."""
+    master, slave = open_terminal(root)
     console = root + "/dev/console"
     os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    linux.mount(slave_path, console, None, linux.MS_BIND)
+    linux.mount(os.readlink(f"/proc/self/fd/{slave}"), console, None, linux.MS_BIND)
     socket.send_fds(tty_sock, [b"tty"], [master])
     os.close(master)
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    make_controlling(slave)
     return slave
 
 
@@ -247,9 +260,14 @@ def run(
     seccomp_install: object | None,
 ) -> NoReturn:
     """Become the container. Never returns; the exit status reports an early failure."""
+    guarded(control, lambda: _become(spec, control, stdio, tty_sock, caps, seccomp_install))
+
+
+def guarded(control: socket.socket, body: Callable[[], None]) -> NoReturn:
+    """Run a child's body; any failure becomes an "error" line for the daemon and an exit."""
     code = EXEC_NOT_RUNNABLE
     try:
-        _become(spec, control, stdio, tty_sock, caps, seccomp_install)
+        body()
     except InitFailure as failure:
         code = failure.code
         _report(control, failure.code, str(failure))
@@ -274,7 +292,7 @@ def _become(
     caps: Applier,
     seccomp_install: object | None,
 ) -> None:
-    _reset_signals()
+    reset_signals()
     os.setsid()
     if stdio is not None:
         for target, fd in enumerate(stdio):
@@ -308,7 +326,18 @@ def _become(
         linux.mount(None, "/", None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
     if "uts" in spec.new_namespaces and spec.hostname:
         linux.sethostname(spec.hostname)
-    process = spec.process
+    enter_process(spec.process, control, caps, seccomp_install, terminal)
+
+
+def enter_process(
+    process: Process,
+    control: socket.socket,
+    caps: Applier,
+    seccomp_install: object | None,
+    terminal: int | None = None,
+) -> NoReturn:
+    """The tail shared by a container's init and `exec`: limits, terminal, working
+    directory, no_new_privs, capabilities, seccomp and user, in runc's order, then exec."""
     for which, soft, hard in process.rlimits:
         resource.setrlimit(which, (soft, hard))
     os.umask(process.umask)

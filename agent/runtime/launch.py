@@ -46,7 +46,7 @@ class Started:
     init_pid: int
 
 
-def _recv_line(sock: socket.socket) -> bytes:
+def recv_line(sock: socket.socket) -> bytes:
     data = b""
     while not data.endswith(b"\n"):
         chunk = sock.recv(4096)
@@ -98,14 +98,14 @@ def start(
             raise StartError(f"the container's shim failed: {line.decode().strip()}")
         init_pid = int(line.split()[1])
         daemon_end.settimeout(START_TIMEOUT)
-        message = _recv_line(daemon_end)
+        message = recv_line(daemon_end)
         if message != b"ns\n":
-            raise _failure(message)
+            raise failure_from(message)
         on_ready(init_pid)
         daemon_end.sendall(b"go\n")
-        message = _recv_line(daemon_end)
+        message = recv_line(daemon_end)
         if message:
-            raise _failure(message)
+            raise failure_from(message)
         return Started(shim_pid, init_pid)
     except BaseException:
         _abandon(shim_pid)
@@ -114,7 +114,7 @@ def start(
         daemon_end.close()
 
 
-def _failure(message: bytes) -> StartError:
+def failure_from(message: bytes) -> StartError:
     text = message.decode(errors="replace").strip()
     if text.startswith("error "):
         _, code, detail = (text.split(" ", 2) + ["", ""])[:3]

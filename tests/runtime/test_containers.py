@@ -314,3 +314,107 @@ def test_host_network_and_pid_namespaces(engine: Engine) -> None:
     interfaces, pid = result.out.split("---\n")
     assert set(interfaces.split()) == set(os.listdir("/sys/class/net"))
     assert int(pid) != 1
+
+
+# --- exec -----------------------------------------------------------------------------------
+
+
+def _read_all(fd: int | None) -> bytes:
+    if fd is None:
+        return b""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: a terminal whose other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_exec_joins_the_container_with_its_own_user_env_and_workdir(engine: Engine) -> None:
+    container = engine.create(["sleep", "30"], config={"Env": ["FROM_IMAGE=1"]})
+    engine.manager.start(container.id)
+    manager = engine.manager
+    instance = manager.exec_create(
+        container.id,
+        {
+            "Cmd": [
+                "sh",
+                "-c",
+                "echo $FOO $FROM_IMAGE; id -u; pwd; hostname; "
+                "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+                "grep -E 'CapEff|Seccomp:' /proc/self/status; echo oops >&2; exit 3",
+            ],
+            "Env": ["FOO=bar"],
+            "User": "nobody",
+            "WorkingDir": "/tmp",
+            "AttachStdout": True,
+            "AttachStderr": True,
+        },
+    )
+    handle = manager.exec_start(instance.id)
+    out, err = _read_all(handle.stdout).decode(), _read_all(handle.stderr).decode()
+    assert manager.exec_finish(instance.id, handle) == 3
+    lines = out.splitlines()
+    assert lines[:5] == ["bar 1", "65534", "/tmp", container.id[:12], "sleep 30 "], out
+    assert "CapEff:\t0000000000000000" in out and "Seccomp:\t2" in out
+    assert err == "oops\n"
+    assert instance.exit_code == 3 and not instance.running
+    engine.manager.stop(container.id, timeout=0)
+
+
+def test_exec_with_a_terminal_and_failures(engine: Engine) -> None:
+    container = engine.create(["sleep", "30"])
+    engine.manager.start(container.id)
+    manager = engine.manager
+    instance = manager.exec_create(container.id, {"Cmd": ["sh", "-c", "tty; exit 4"], "Tty": True})
+    handle = manager.exec_start(instance.id)
+    output = _read_all(handle.terminal).decode()
+    assert manager.exec_finish(instance.id, handle) == 4
+    assert output.startswith("/dev/pts/"), output
+    missing = manager.exec_create(container.id, {"Cmd": ["nosuchcommand"]})
+    with pytest.raises(AgentError, match="executable file not found"):
+        manager.exec_start(missing.id)
+    assert missing.exit_code == 127
+    with pytest.raises(Conflict):
+        manager.exec_start(instance.id)  # an exec runs once
+    engine.manager.stop(container.id, timeout=0)
+    with pytest.raises(Conflict, match="is not running"):
+        manager.exec_create(container.id, {"Cmd": ["true"]})
+
+
+# --- attach ---------------------------------------------------------------------------------
+
+
+def test_attach_with_a_terminal_input_output_and_resize(engine: Engine) -> None:
+    from agent.runtime import attach
+
+    container = engine.create(["sh"], config={"Tty": True, "OpenStdin": True})
+    engine.manager.start(container.id)
+    path = engine.manager.attach_socket(container)
+    attach.resize(path, 33, 101)
+    sock = attach.connect(path, stdin=True, stdout=True, stderr=True)
+    sock.sendall(b"stty size; tty; exit 5\n")
+    output = b"".join(payload for stream, payload in attach.frames(sock)).decode()
+    sock.close()
+    assert engine.manager.wait(container.id, timeout=10) == 5
+    assert "33 101" in output and "/dev/pts/0" in output, output
+    logged, _ = engine.output(container)
+    assert "33 101" in logged  # the terminal's output is also in the log
+
+
+def test_attach_without_terminal_closes_stdin_at_eof(engine: Engine) -> None:
+    from agent.runtime import attach
+
+    container = engine.create(["sh", "-c", "cat; echo done >&2"], config={"OpenStdin": True})
+    engine.manager.start(container.id)
+    sock = attach.connect(engine.manager.attach_socket(container), True, True, True)
+    sock.sendall(b"data from stdin\n")
+    sock.shutdown(socket.SHUT_WR)
+    got = list(attach.frames(sock))
+    sock.close()
+    assert (1, b"data from stdin\n") in got and (2, b"done\n") in got
+    assert engine.manager.wait(container.id, timeout=10) == 0
