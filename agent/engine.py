@@ -115,8 +115,11 @@ class _Opener:
         self._ready = threading.Event()
         self._engine: Engine | None = None
         self._error: str = ""
+        self._started = False
 
     def start(self, **kwargs: object) -> None:
+        self._started = True
+
         def work() -> None:
             try:
                 self._engine = open_engine(**kwargs)  # type: ignore[arg-type]
@@ -130,6 +133,10 @@ class _Opener:
         threading.Thread(target=work, name="engine-open", daemon=True).start()
 
     def get(self) -> Engine:
+        if not self._started:
+            raise AgentError(
+                503, "this agent runs no container engine (it was started without --root)"
+            )
         if not self._ready.wait(OPEN_TIMEOUT):
             raise AgentError(503, "the engine is still starting; try again")
         if self._engine is None:

@@ -340,6 +340,10 @@ class HijackedConnection:
             self.sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        # shutdown first: a thread blocked in recv() on this socket keeps it open otherwise,
+        # and the client would never see the end of the stream
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.sock.close()
 

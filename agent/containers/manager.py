@@ -74,6 +74,7 @@ class ExecInstance:
     running: bool = False
     pid: int = 0
     exit_code: int | None = None
+    handle: nsexec.ExecProcess | None = None  # while it runs: its pipes or terminal
 
 
 @dataclass
@@ -124,6 +125,10 @@ class ContainerManager:
         self._containers: dict[str, Container] = {}
         self._running: dict[str, Running] = {}
         self._execs: dict[str, ExecInstance] = {}
+        # attach requests waiting for the next start: called with the shim's socket path
+        # before the container's command runs (None when the start failed)
+        self._start_hooks: dict[str, list[Callable[[str | None], None]]] = {}
+        self._shim_up: set[str] = set()  # containers whose shim's attach socket accepts
         self._seccomp_cache: dict[frozenset[str], object] = {}
         self._closing = False
 
@@ -303,6 +308,7 @@ class ContainerManager:
         rootfs.mount_overlay(layers, container.upper, container.work, container.merged)
         cgroup = None
         endpoint: dict[str, Any] = {}
+        started_at: list[str] = []
         started = None
         try:
             spec, volume_names = self._spec(container)
@@ -328,6 +334,9 @@ class ContainerManager:
                         HostVeth=attached.host_veth,
                     )
                     self._write_hosts(container, attached.ip)
+                for hook in self._take_start_hooks(container.id, shim_up=True):
+                    hook(self.attach_socket(container))
+                started_at.append(timestamp())  # the command runs from the next instant
 
             self._write_etc_files(container, mode)
             started = launch.start(
@@ -353,8 +362,7 @@ class ContainerManager:
             state.pid = started.init_pid
             state.shim_pid = started.shim_pid
             state.shim_start = _start_time(started.shim_pid)
-            state.started_at = timestamp()
-            state.finished_at = state.finished_at if state.has_been_started else state.finished_at
+            state.started_at = started_at[0] if started_at else timestamp()
             state.exit_code = 0
             state.error = ""
             state.oom_killed = False
@@ -366,9 +374,33 @@ class ContainerManager:
         self.on_event("start", container, {})
         del volume_names
 
+    def on_next_start(self, ref: str, hook: Callable[[str | None], None]) -> None:
+        """Run ``hook(attach socket)`` when the container next starts, before its command
+        runs (so an attach made before `start` sees all output); ``hook(None)`` if that
+        start fails."""
+        container = self.get(ref)
+        with self._lock:
+            live = container.id in self._shim_up
+            if not live:
+                self._start_hooks.setdefault(container.id, []).append(hook)
+        if live:  # its command already runs: attach now
+            hook(self.attach_socket(container))
+
+    def _take_start_hooks(
+        self, container_id: str, shim_up: bool
+    ) -> list[Callable[[str | None], None]]:
+        with self._lock:
+            if shim_up:
+                self._shim_up.add(container_id)
+            else:
+                self._shim_up.discard(container_id)
+            return self._start_hooks.pop(container_id, [])
+
     def _start_failed(
         self, container: Container, cgroup: cgroups.Cgroup | None, message: str, code: int
     ) -> None:
+        for hook in self._take_start_hooks(container.id, shim_up=False):
+            hook(None)
         self._release(container, cgroup)
         with self._lock:
             container.state.status = CREATED if not container.state.has_been_started else EXITED
@@ -662,6 +694,10 @@ class ContainerManager:
         except (OSError, ValueError, KeyError):
             log.warning("%s: the shim left no exit status", container.id[:12])
         with self._lock:
+            self._shim_up.discard(container.id)
+            for exec_id in container.exec_ids:
+                self._execs.pop(exec_id, None)
+            container.exec_ids = []
             running = self._running.pop(container.id, None)
             cgroup = running.cgroup if running else None
             oom = cgroup.oom_killed() if cgroup is not None else False
@@ -742,6 +778,7 @@ class ContainerManager:
         alive = state.shim_pid and _start_time(state.shim_pid) == state.shim_start
         if alive:
             cgroup = self.hierarchy.open(container.id) if self.hierarchy else None
+            self._shim_up.add(container.id)
             self._watch(container, state.shim_pid, our_child=False, cgroup=cgroup)
             log.info("re-adopted running container %s", container.id[:12])
             return
@@ -895,6 +932,7 @@ class ContainerManager:
                 raise Conflict(f"container {container.id} is not running")
             instance = ExecInstance(secrets.token_hex(32), container.id, dict(body))
             self._execs[instance.id] = instance
+            container.exec_ids.append(instance.id)
         self.on_event("exec_create", container, {"execID": instance.id})
         return instance
 
@@ -945,6 +983,7 @@ class ContainerManager:
         with self._lock:
             instance.running = False
             instance.exit_code = code
+            instance.handle = None
             self._changed.notify_all()
         container = self._containers.get(instance.container_id)
         if container is not None:
@@ -972,6 +1011,8 @@ class ContainerManager:
             container.save()
             del self._containers[container.id]
             self._changed.notify_all()
+        for hook in self._take_start_hooks(container.id, shim_up=False):
+            hook(None)
         anonymous = [
             m["Name"] for m in container.mounts if m.get("Type") == "volume" and m.get("Anonymous")
         ]
@@ -986,6 +1027,8 @@ class ContainerManager:
 
     def _remove_files(self, container: Container) -> None:
         rootfs.unmount(container.merged)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.attach_socket(container))
         shutil.rmtree(container.directory, ignore_errors=True)
 
     def volume_users(self, name: str) -> list[str]:

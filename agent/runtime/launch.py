@@ -147,6 +147,13 @@ def _shim_child(
     code = 0
     try:
         os.setsid()
+        # The daemon's stdio (a supervisor's pipe, a terminal) must not stay open in a
+        # process that outlives it.
+        null = os.open("/dev/null", os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        if null > 2:
+            os.close(null)
         keep = {control.fileno(), status_write, listener.fileno()}
         _close_all_but(keep)
         wakeup = install_sigchld_pipe()

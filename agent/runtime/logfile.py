@@ -147,7 +147,7 @@ class Entry:
     time: str
 
 
-def _parse(line: bytes) -> Entry | None:
+def parse_line(line: bytes) -> Entry | None:
     try:
         record = json.loads(line)
         return Entry(
@@ -175,7 +175,7 @@ def read_entries(path: str) -> Iterator[Entry]:
         try:
             with open(name, "rb") as handle:
                 for line in handle:
-                    entry = _parse(line)
+                    entry = parse_line(line)
                     if entry is not None:
                         yield entry
         except FileNotFoundError:

@@ -33,6 +33,7 @@ from agent.runtime.logfile import JsonLogWriter, LogOptions, timestamp
 
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep copying output once the init has exited
 READ_SIZE = 65536
+HEADER_TIMEOUT = 2.0  # seconds a new attach client has to send its request line
 
 
 @dataclass
@@ -47,7 +48,7 @@ class _Client:
     sock: socket.socket
     header: bytes = b""
     wants: tuple[bool, bool, bool] | None = None  # stdin, stdout, stderr once known
-    pending: bytes = b""
+    registered: bool = False  # in the selector (reading its input)
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -115,6 +116,7 @@ class Shim:
 
     # --- output -------------------------------------------------------------------------
     def _copy_output(self, fd: int) -> None:
+        self._accept()  # clients that connected before the output began get all of it
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
@@ -144,18 +146,41 @@ class Shim:
 
     # --- clients ------------------------------------------------------------------------
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:
-            return
-        self.clients[sock.fileno()] = _Client(sock)
-        self.selector.register(sock, selectors.EVENT_READ, "client")
+        """Take every pending connection and read its request line at once."""
+        self.listener.setblocking(False)
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            sock.settimeout(HEADER_TIMEOUT)
+            client = _Client(sock)
+            try:
+                while b"\n" not in client.header and len(client.header) < 4096:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    client.header += chunk
+            except OSError:
+                sock.close()
+                continue
+            line, _, rest = client.header.partition(b"\n")
+            self.clients[sock.fileno()] = client
+            if not self._handle_header(client, line):
+                continue
+            sock.settimeout(None)
+            sock.setblocking(True)
+            self.selector.register(sock, selectors.EVENT_READ, "client")
+            client.registered = True
+            if rest:
+                self._input(client, rest)
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()
-        if fd in self.clients:
-            del self.clients[fd]
+        self.clients.pop(fd, None)
+        if client.registered:
             self.selector.unregister(client.sock)
+            client.registered = False
         client.sock.close()
 
     def _client_readable(self, fd: int) -> None:
@@ -164,23 +189,15 @@ class Shim:
             data = client.sock.recv(READ_SIZE)
         except OSError:
             data = b""
-        if client.wants is None:
-            if not data:
-                self._drop(client)
-                return
-            client.header += data
-            if b"\n" not in client.header:
-                return
-            line, _, data = client.header.partition(b"\n")
-            if not self._handle_header(client, line):
-                return
-            if not data:
-                return
         if not data:  # the client closed its input
             if client.wants and client.wants[0]:
                 self._close_stdin()
             self.selector.unregister(client.sock)  # keep sending output until it ends
+            client.registered = False
             return
+        self._input(client, data)
+
+    def _input(self, client: _Client, data: bytes) -> None:
         if client.wants and client.wants[0] and self.stdin_fd is not None:
             try:
                 os.write(self.stdin_fd, data)

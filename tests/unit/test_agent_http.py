@@ -203,7 +203,7 @@ def make_router() -> Router:
     router.add("POST", "/test/hijack", hijack_upper)
     router.add("GET", "/test/boom", boom)
     router.add("GET", "/test/conflict", conflict)
-    router.add("GET", "/containers/{id}/json", inspect_params)
+    router.add("GET", "/test/things/{id}/json", inspect_params)
     router.add("GET", "/images/{name:.+}/json", inspect_params)
     router.add("POST", "/test/wait-gone", wait_until_gone)
     router.add("GET", "/test/fail-mid-stream", fail_mid_stream)
@@ -347,7 +347,7 @@ def test_wrong_method_is_405(client: Client) -> None:
 def test_path_params_and_query(client: Client) -> None:
     response = client.request(
         "GET",
-        "/v1.44/containers/abc123/json?all=1&size=false&names=a&names=b%20c"
+        "/v1.44/test/things/abc123/json?all=1&size=false&names=a&names=b%20c"
         "&filters=%7B%22label%22%3A%5B%22x%3Dy%22%5D%7D",
     )
     assert response.json() == {

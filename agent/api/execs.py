@@ -1,0 +1,136 @@
+"""Exec endpoints: create, start (hijacked or detached), resize, inspect."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import threading
+
+from agent import engine as engine_module
+from agent.api.request import Request
+from agent.api.response import MULTIPLEXED_STREAM_TYPE, RAW_STREAM_TYPE, ResponseWriter
+from agent.api.streams import frame
+from agent.containers.manager import ContainerManager
+from agent.errors import BadRequest, Conflict
+from agent.runtime.nsexec import ExecProcess
+
+_TIOCSWINSZ = 0x5414
+
+
+def _manager() -> ContainerManager:
+    return engine_module.current().containers
+
+
+def create(request: Request, response: ResponseWriter) -> None:
+    instance = _manager().exec_create(request.params["id"], request.json_object())
+    response.send_json({"Id": instance.id}, status=201)
+
+
+def start(request: Request, response: ResponseWriter) -> None:
+    manager = _manager()
+    exec_id = request.params["id"]
+    body = request.json_object()
+    instance = manager.exec_get(exec_id)
+    if "Tty" in body:
+        instance.config["Tty"] = bool(body["Tty"])
+    handle = manager.exec_start(exec_id)
+    instance.handle = handle
+    size = body.get("ConsoleSize")
+    if handle.terminal is not None and isinstance(size, list) and len(size) == 2:
+        _set_size(handle.terminal, int(size[0]), int(size[1]))
+    if body.get("Detach"):
+        threading.Thread(target=manager.exec_finish, args=(exec_id, handle), daemon=True).start()
+        response.send(200)
+        return
+    tty = handle.terminal is not None
+    multiplexed = not tty and request.version_at_least("1.42")
+    raw = response.hijack(MULTIPLEXED_STREAM_TYPE if multiplexed else RAW_STREAM_TYPE)
+    with raw:
+        if handle.stdin is not None and instance.config.get("AttachStdin"):
+            threading.Thread(target=_pump_input, args=(raw, handle), daemon=True).start()
+        outputs = [(1, handle.stdout)] if tty else [(1, handle.stdout), (2, handle.stderr)]
+        threads = [
+            threading.Thread(target=_pump_output, args=(raw, fd, stream, tty), daemon=True)
+            for stream, fd in outputs
+            if fd is not None
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        manager.exec_finish(exec_id, handle)  # before the close: the CLI asks for ExitCode next
+
+
+def _pump_output(raw: object, fd: int, stream: int, tty: bool) -> None:
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO from a terminal whose processes all exited
+            return
+        if not data:
+            return
+        try:
+            raw.sendall(data if tty else frame(stream, data))  # type: ignore[attr-defined]
+        except OSError:
+            return
+
+
+def _pump_input(raw: object, handle: ExecProcess) -> None:
+    assert handle.stdin is not None
+    try:
+        while True:
+            data = raw.recv(65536)  # type: ignore[attr-defined]
+            if not data:
+                break
+            os.write(handle.stdin, data)
+    except OSError:
+        return
+    if handle.terminal is None:
+        with contextlib.suppress(OSError):
+            os.close(handle.stdin)
+            handle.stdin = None
+
+
+def _set_size(terminal: int, rows: int, cols: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(terminal, _TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def resize(request: Request, response: ResponseWriter) -> None:
+    instance = _manager().exec_get(request.params["id"])
+    handle = instance.handle
+    if handle is None or handle.terminal is None:
+        if handle is None:
+            raise Conflict(f"exec {instance.id} is not running")
+        raise BadRequest("the exec has no terminal to resize")
+    _set_size(handle.terminal, request.int_arg("h"), request.int_arg("w"))
+    response.send(200)
+
+
+def inspect(request: Request, response: ResponseWriter) -> None:
+    instance = _manager().exec_get(request.params["id"])
+    config = instance.config
+    argv = list(config.get("Cmd") or [])
+    response.send_json(
+        {
+            "ID": instance.id,
+            "Running": instance.running,
+            "ExitCode": instance.exit_code,
+            "ProcessConfig": {
+                "tty": bool(config.get("Tty")),
+                "entrypoint": argv[0] if argv else "",
+                "arguments": argv[1:],
+                "privileged": bool(config.get("Privileged")),
+                "user": config.get("User") or "",
+            },
+            "OpenStdin": bool(config.get("AttachStdin")),
+            "OpenStderr": bool(config.get("AttachStderr")),
+            "OpenStdout": bool(config.get("AttachStdout")),
+            "CanRemove": False,
+            "ContainerID": instance.container_id,
+            "DetachKeys": "",
+            "Pid": instance.pid,
+        }
+    )
