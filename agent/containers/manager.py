@@ -37,7 +37,16 @@ from agent.containers.model import (
     Container,
 )
 from agent.errors import AgentError, BadRequest, Conflict, NotFound
-from agent.runtime import capabilities, cgroups, launch, nsexec, seccomp, seccomp_default, users
+from agent.runtime import (
+    capabilities,
+    cgroups,
+    launch,
+    linux,
+    nsexec,
+    seccomp,
+    seccomp_default,
+    users,
+)
 from agent.runtime.logfile import LogOptions, timestamp
 from agent.runtime.rootpath import secure_join
 from agent.runtime.shim import ShimPaths
@@ -410,7 +419,8 @@ class ContainerManager:
             self._changed.notify_all()
 
     def _release(self, container: Container, cgroup: cgroups.Cgroup | None) -> None:
-        """Give back what a run held: its cgroup, its network endpoint, its root mount."""
+        """Give back what a run held: its cgroup, its network endpoint, its mounts."""
+        rootfs.unmount(container.etc_file("shm"))
         if cgroup is not None:
             try:
                 cgroup.remove()
@@ -488,6 +498,7 @@ class ContainerManager:
         host_config = container.host_config
         privileged = bool(host_config.get("Privileged"))
         process = self._process(container)
+        process.reaper = bool(host_config.get("Init"))
         mounts, targets, volume_names = self._mounts(container)
         claimed = {m.target for m in mounts}
         managed = [
@@ -511,6 +522,19 @@ class ContainerManager:
             shm_size=shm_size,
         )
         self._namespaces(container, spec)
+        if str(host_config.get("IpcMode") or "") == "shareable":
+            # its /dev/shm is mounted where other containers can bind it (--ipc container:)
+            shm = container.etc_file("shm")
+            os.makedirs(shm, mode=0o1777, exist_ok=True)
+            if not rootfs.is_mounted(shm):
+                linux.mount(
+                    "shm",
+                    shm,
+                    "tmpfs",
+                    linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+                    f"mode=1777,size={shm_size}",
+                )
+            spec.shm_source = shm
         return spec, volume_names
 
     def _namespaces(self, container: Container, spec: ContainerSpec) -> None:
@@ -538,7 +562,16 @@ class ContainerManager:
                     )
                 new.discard(kind)
                 joins[kind] = f"/proc/{other.state.pid}/ns/{kind}"
+                if kind == "ipc":  # POSIX shared memory lives in /dev/shm: share it too
+                    if str(other.host_config.get("IpcMode") or "") != "shareable":
+                        raise Conflict(
+                            f"cannot join the IPC namespace of container {other.id[:12]}: "
+                            "it is not shareable (start it with --ipc shareable)"
+                        )
+                    spec.shm_source = other.etc_file("shm")
             elif value in ("", "private", "shareable", "none", "bridge", "default"):
+                if kind == "ipc" and value == "none":
+                    raise BadRequest("--ipc none is not supported; use private or shareable")
                 continue
             else:
                 raise BadRequest(f"invalid {kind} mode: {value}")
@@ -554,6 +587,8 @@ class ContainerManager:
         requests = [options.parse_bind(b) for b in host_config.get("Binds") or []]
         requests += [options.parse_mount(m) for m in host_config.get("Mounts") or []]
         requests += [options.parse_tmpfs(t, o) for t, o in (host_config.get("Tmpfs") or {}).items()]
+        claimed = {r.target for r in requests}
+        requests += self._volumes_from(host_config.get("VolumesFrom") or [], claimed)
         claimed = {r.target for r in requests}
         for target in container.config.get("Volumes") or {}:
             if target not in claimed:  # the image's VOLUME: an anonymous volume
@@ -604,6 +639,24 @@ class ContainerManager:
                 inspect.append(_mount_record("tmpfs", "", request))
         container.mounts = inspect
         return mounts, targets, volume_names
+
+    def _volumes_from(self, sources: list[str], claimed: set[str]) -> list[options.MountRequest]:
+        """--volumes-from NAME[:ro|rw]: the other container's binds and volumes, same paths."""
+        requests = []
+        for item in sources:
+            name, _, mode = item.partition(":")
+            if mode not in ("", "ro", "rw"):
+                raise BadRequest(f"invalid mode for volumes-from: {item}")
+            other = self.get(name)
+            for record in other.mounts:
+                if record["Type"] not in ("bind", "volume") or record["Destination"] in claimed:
+                    continue
+                readonly = mode == "ro" if mode else not record.get("RW", True)
+                source = record["Source"] if record["Type"] == "bind" else record["Name"]
+                requests.append(
+                    options.MountRequest(record["Type"], source, record["Destination"], readonly)
+                )
+        return requests
 
     def _volume_for(self, container: Container, request: options.MountRequest) -> Any:
         name = request.source
@@ -713,7 +766,7 @@ class ContainerManager:
             if restart:
                 state.status = RESTARTING
             if container.id in self._containers:
-                container.save()
+                container.save(durable=False)
             self._changed.notify_all()
         if oom:
             self.on_event("oom", container, {})
@@ -1008,7 +1061,7 @@ class ContainerManager:
             if container.id not in self._containers:
                 return
             container.state.status = REMOVING
-            container.save()
+            container.save(durable=False)
             del self._containers[container.id]
             self._changed.notify_all()
         for hook in self._take_start_hooks(container.id, shim_up=False):

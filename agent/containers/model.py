@@ -100,12 +100,15 @@ class Container:
         state = State(**data.pop("state", {}))
         return cls(state=state, **data)
 
-    def save(self) -> None:
+    def save(self, durable: bool = True) -> None:
+        """Replace the record atomically; ``durable`` also waits for the disk. A record the
+        shim's exit.json can rebuild (an exit, a removal) need not wait."""
         temporary = self.record_file + ".tmp"
         with open(temporary, "w") as handle:
             json.dump(self.to_json(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temporary, self.record_file)
 
     @classmethod

@@ -42,9 +42,11 @@ class InitFailure(Exception):
 
 def reset_signals() -> None:
     """Python ignores SIGPIPE and may catch others; exec keeps "ignored", so undo it all."""
-    for signum in range(1, signal.NSIG):
+    for signum in signal.valid_signals():
         if signum in (signal.SIGKILL, signal.SIGSTOP):
             continue
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            continue  # untouched since the interpreter started: already the default
         with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -367,7 +369,61 @@ def enter_process(
     if install is not None and process.no_new_privileges:
         install()  # as late as possible: the filter then also covers the user switch
     _close_inherited(control.fileno())
+    if process.reaper:
+        _become_reaper(control)
     _exec(process.argv, process.env)
+
+
+# Signals an init passes on to its child (SIGKILL and SIGSTOP cannot be caught).
+FORWARDED = (
+    "SIGTERM",
+    "SIGINT",
+    "SIGHUP",
+    "SIGQUIT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGWINCH",
+    "SIGCONT",
+    "SIGALRM",
+)
+
+
+def _become_reaper(control: socket.socket) -> None:
+    """--init: fork; the child goes on to exec the command, this process stays as PID 1,
+    passing signals on and reaping every orphan, and exits with the command's status."""
+    child = os.fork()
+    if child == 0:
+        return
+    control.close()  # the child's copy reports its exec; ours must not hold the socket open
+    linux.prctl(_PR_SET_NAME, ctypes_name(b"init"))
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for name in FORWARDED:
+        signal.signal(getattr(signal, name), forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            os._exit(code)
+
+
+_PR_SET_NAME = 15
+_name_buffers: list[object] = []
+
+
+def ctypes_name(name: bytes) -> int:
+    """The address of a NUL-terminated copy of ``name`` that lives as long as the process."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(name)
+    _name_buffers.append(buffer)
+    return ctypes.addressof(buffer)
 
 
 def _close_inherited(keep: int) -> None:

@@ -94,6 +94,7 @@ class Process:
     seccomp: bytes | None = None  # a compiled BPF program; None: unconfined
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # (resource, soft, hard)
     umask: int = 0o022
+    reaper: bool = False  # --init: a minimal init runs as PID 1 and the command as its child
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -418,3 +419,70 @@ def test_attach_without_terminal_closes_stdin_at_eof(engine: Engine) -> None:
     sock.close()
     assert (1, b"data from stdin\n") in got and (2, b"done\n") in got
     assert engine.manager.wait(container.id, timeout=10) == 0
+
+
+def test_init_reaps_orphans_and_passes_signals_on(engine: Engine) -> None:
+    plain = engine.sh("cat /proc/1/comm; true")
+    assert plain.out.strip() == "sh"
+    container = engine.create(
+        [
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 9' TERM; (sleep 0.1 &) ; "
+            "cat /proc/1/comm; echo ready; while :; do sleep 0.1; done",
+        ],
+        Init=True,
+    )
+    engine.manager.start(container.id)
+    deadline = time.monotonic() + 10
+    while "ready" not in engine.output(container)[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)  # the orphaned sleep has exited: PID 1 must have reaped it
+    pid = container.state.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1  # only the command itself is PID 1's child
+    assert engine.manager.stop(container.id, timeout=10)
+    out, _ = engine.output(container)
+    assert out.splitlines()[0] == "init" and "got-term" in out
+    assert container.state.exit_code == 9
+
+
+def test_joining_another_containers_namespaces(engine: Engine) -> None:
+    first = engine.create(
+        ["sh", "-c", "hostname > /dev/shm/mark; sleep 30"],
+        config={"Hostname": "first"},
+        IpcMode="shareable",
+    )
+    engine.manager.start(first.id)
+    time.sleep(0.3)
+    joined = engine.sh(
+        "ps -o comm | grep -c sleep; hostname; cat /dev/shm/mark; readlink /proc/1/ns/net",
+        PidMode=f"container:{first.id}",
+        IpcMode=f"container:{first.name}",
+        NetworkMode=f"container:{first.id[:12]}",
+        UTSMode=f"container:{first.id}",
+    )
+    lines = joined.out.split()
+    assert lines[:3] == ["1", "first", "first"], joined.out + joined.err
+    assert lines[3] == os.readlink(f"/proc/{first.state.pid}/ns/net")
+    engine.manager.stop(first.id, timeout=0)
+    with pytest.raises(Conflict, match="not running"):
+        engine.manager.start(engine.create(["true"], PidMode=f"container:{first.id}").id)
+
+
+def test_volumes_from_and_prune(engine: Engine) -> None:
+    host = os.path.join(engine.root, "data")
+    os.makedirs(host)
+    source = engine.run(["sh", "-c", "echo v > /vol/f"], Binds=["named:/vol", f"{host}:/h:ro"])
+    reader = engine.sh(
+        "cat /vol/f; touch /h/x 2>/dev/null || echo h:ro", VolumesFrom=[source.container.name]
+    )
+    assert reader.out.split() == ["v", "h:ro"]
+    anonymous = engine.run(["true"], config={"Volumes": {"/anon": {}}})
+    anon_name = next(m["Name"] for m in anonymous.container.mounts if m["Type"] == "volume")
+    engine.manager.remove(anonymous.container.id)
+    in_use = {m["Name"] for c in engine.manager.all() for m in c.mounts if m.get("Name")}
+    removed, _ = engine.volumes.prune(in_use)
+    assert removed == [anon_name]  # named volumes stay unless asked for
+    assert {v.name for v in engine.volumes.all()} == {"named"}
