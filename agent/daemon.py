@@ -67,9 +67,9 @@ def run(
         log.error("%s", error)
         return 1
     if root is not None:
-        from agent import engine
+        from agent import engine_handle
 
-        engine.start_in_background(root=root, run_root=run_root, preload=preload)
+        engine_handle.start_in_background(root=root, run_root=run_root, preload=preload)
     server = Server(listener, build_router())
 
     def stop(signum: int, _frame: object) -> None:

@@ -2,10 +2,9 @@
 
 Layout under the root (in the VM the data disk, /var/lib/vmctl; documented in
 docs/runtime.md): ``images/``, ``volumes/``, ``containers/``, ``network/``. Ephemeral
-sockets live under the run root (/run/vmctl). Opening is done off the request path, in a
-background thread started once the API socket listens, so `/_ping` answers during a boot
-while containers are re-adopted; handlers that need the engine call :func:`current`,
-which waits for it.
+sockets live under the run root (/run/vmctl). It is opened off the request path by
+:mod:`agent.engine_handle`, so `/_ping` answers during a boot while containers are
+re-adopted.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import hashlib
 import logging
 import os
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = "/var/lib/vmctl"
 DEFAULT_RUN_ROOT = "/run/vmctl"
 DEFAULT_PRELOAD = "/usr/share/vmctl/images/busybox.tar"
-OPEN_TIMEOUT = 300.0
 
 
 @dataclass
@@ -106,50 +103,3 @@ def open_engine(
     holder["containers"] = containers
     containers.load()
     return Engine(root, images, volumes, containers, network)
-
-
-class _Opener:
-    """Opens the engine in a thread; :meth:`get` waits for it (or its failure)."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._engine: Engine | None = None
-        self._error: str = ""
-        self._started = False
-
-    def start(self, **kwargs: object) -> None:
-        self._started = True
-
-        def work() -> None:
-            try:
-                self._engine = open_engine(**kwargs)  # type: ignore[arg-type]
-                log.info("engine ready: %d containers", len(self._engine.containers.all()))
-            except Exception as error:
-                log.exception("the engine could not start")
-                self._error = str(error)
-            finally:
-                self._ready.set()
-
-        threading.Thread(target=work, name="engine-open", daemon=True).start()
-
-    def get(self) -> Engine:
-        if not self._started:
-            raise AgentError(
-                503, "this agent runs no container engine (it was started without --root)"
-            )
-        if not self._ready.wait(OPEN_TIMEOUT):
-            raise AgentError(503, "the engine is still starting; try again")
-        if self._engine is None:
-            raise AgentError(500, f"the engine failed to start: {self._error}")
-        return self._engine
-
-
-_opener = _Opener()
-
-
-def start_in_background(**kwargs: object) -> None:
-    _opener.start(**kwargs)
-
-
-def current() -> Engine:
-    return _opener.get()

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from agent import engine as engine_module
+from agent import engine_handle
 from agent.api import streams
 from agent.api.request import Request
 from agent.api.response import (
@@ -19,6 +19,7 @@ from agent.api.response import (
     ResponseWriter,
 )
 from agent.containers.model import RUNNING, Container
+from agent.engine import Engine
 from agent.errors import AgentError, BadRequest
 from agent.runtime import attach as shim_attach
 from agent.runtime.logfile import parse_timestamp, read_entries
@@ -26,8 +27,8 @@ from agent.runtime.logfile import parse_timestamp, read_entries
 log = logging.getLogger(__name__)
 
 
-def _engine() -> engine_module.Engine:
-    return engine_module.current()
+def _engine() -> Engine:
+    return engine_handle.current()
 
 
 def _id(request: Request) -> str:

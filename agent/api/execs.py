@@ -8,7 +8,7 @@ import os
 import struct
 import threading
 
-from agent import engine as engine_module
+from agent import engine_handle
 from agent.api.request import Request
 from agent.api.response import MULTIPLEXED_STREAM_TYPE, RAW_STREAM_TYPE, ResponseWriter
 from agent.api.streams import frame
@@ -20,7 +20,7 @@ _TIOCSWINSZ = 0x5414
 
 
 def _manager() -> ContainerManager:
-    return engine_module.current().containers
+    return engine_handle.current().containers
 
 
 def create(request: Request, response: ResponseWriter) -> None:

@@ -1,0 +1,68 @@
+"""The daemon's handle on its engine, light to import: opening the engine (and importing
+the runtime, the image store and the rest, which takes a while in a VM under tcg) happens
+in a background thread once the API socket listens; handlers call :func:`current`, which
+waits for it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from agent.engine import Engine
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT = 300.0
+
+
+class _Opener:
+    """Opens the engine in a thread; :meth:`get` waits for it (or its failure)."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._engine: Engine | None = None
+        self._error: str = ""
+        self._started = False
+
+    def start(self, **kwargs: object) -> None:
+        self._started = True
+
+        def work() -> None:
+            try:
+                from agent.engine import open_engine
+
+                self._engine = open_engine(**kwargs)  # type: ignore[arg-type]
+                log.info("engine ready: %d containers", len(self._engine.containers.all()))
+            except Exception as error:
+                log.exception("the engine could not start")
+                self._error = str(error)
+            finally:
+                self._ready.set()
+
+        threading.Thread(target=work, name="engine-open", daemon=True).start()
+
+    def get(self) -> Engine:
+        if not self._started:
+            raise AgentError(
+                503, "this agent runs no container engine (it was started without --root)"
+            )
+        if not self._ready.wait(OPEN_TIMEOUT):
+            raise AgentError(503, "the engine is still starting; try again")
+        if self._engine is None:
+            raise AgentError(500, f"the engine failed to start: {self._error}")
+        return self._engine
+
+
+_opener = _Opener()
+
+
+def start_in_background(**kwargs: object) -> None:
+    _opener.start(**kwargs)
+
+
+def current() -> Engine:
+    return _opener.get()
