@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmctl import __version__, docker_context
+from vmctl import __version__, containers_cli, docker_context
 from vmctl.config import MachineConfig, Mount, parse_mount, parse_size_gib, parse_size_mib
 from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmctl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    top = parser.add_subparsers(dest="group", required=True, metavar="{machine,image}")
+    verbs_list = ",".join(("machine", "image", *containers_cli.VERBS))
+    top = parser.add_subparsers(dest="group", required=True, metavar=f"{{{verbs_list}}}")
 
     machine = top.add_parser("machine", help="create, start and manage VMs")
     verbs = machine.add_subparsers(dest="verb", required=True)
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = image_verbs.add_parser("build", help="build the VM image from Debian packages")
     build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
     build.set_defaults(func=cmd_image_build)
+    containers_cli.add_parsers(top)
     return parser
 
 
@@ -465,10 +467,20 @@ def split_ssh_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
+def strip_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """Take out vmctl's --debug; after a container verb only before it (a container's
+    command may have its own --debug)."""
+    verb = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    end = verb if verb < len(argv) and argv[verb] in containers_cli.VERBS else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return kept, len(kept) != len(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     head, command = split_ssh_command(list(sys.argv[1:] if argv is None else argv))
-    debug = "--debug" in head
-    args = build_parser().parse_args([a for a in head if a != "--debug"])
+    head, debug = strip_debug(head)
+    args = build_parser().parse_args(head)
+    debug = debug or bool(getattr(args, "debug", False))  # container verbs take it too
     if command is not None:
         args.command = command
     try:

@@ -21,6 +21,7 @@ from agent.api.response import (
 from agent.containers.model import RUNNING, Container
 from agent.engine import Engine
 from agent.errors import AgentError, BadRequest
+from agent.humanize import human_duration
 from agent.runtime import attach as shim_attach
 from agent.runtime.logfile import parse_timestamp, read_entries
 
@@ -60,18 +61,7 @@ def _status_text(container: Container) -> str:
 
 
 def _ago(timestamp: str) -> str:
-    seconds = max(0, int(time.time()) - _unix(timestamp))
-    if seconds < 1:
-        return "Less than a second"
-    if seconds < 60:
-        return f"{seconds} seconds"
-    minutes = seconds // 60
-    if minutes < 60:
-        return "About a minute" if minutes == 1 else f"{minutes} minutes"
-    hours = minutes // 60
-    if hours < 48:
-        return "About an hour" if hours == 1 else f"{hours} hours"
-    return f"{hours // 24} days"
+    return human_duration(max(0, int(time.time()) - _unix(timestamp)))
 
 
 def _network_settings(container: Container) -> dict[str, Any]:

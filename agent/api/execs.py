@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import struct
 import threading
 
 from agent import engine_handle
@@ -14,9 +12,8 @@ from agent.api.response import MULTIPLEXED_STREAM_TYPE, RAW_STREAM_TYPE, Respons
 from agent.api.streams import frame
 from agent.containers.manager import ContainerManager
 from agent.errors import BadRequest, Conflict
+from agent.runtime.linux import set_window_size
 from agent.runtime.nsexec import ExecProcess
-
-_TIOCSWINSZ = 0x5414
 
 
 def _manager() -> ContainerManager:
@@ -95,7 +92,7 @@ def _pump_input(raw: object, handle: ExecProcess) -> None:
 
 def _set_size(terminal: int, rows: int, cols: int) -> None:
     with contextlib.suppress(OSError):
-        fcntl.ioctl(terminal, _TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        set_window_size(terminal, rows, cols)
 
 
 def resize(request: Request, response: ResponseWriter) -> None:

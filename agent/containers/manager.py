@@ -41,6 +41,7 @@ from agent.errors import AgentError, BadRequest, Conflict, NotFound
 from agent.runtime import (
     capabilities,
     cgroups,
+    devices,
     launch,
     nsexec,
     seccomp,
@@ -126,6 +127,7 @@ class ContainerManager:
         self.network = network
         self.on_event = on_event or (lambda *_: None)
         self.prepare = Preparer(self.get, volumes, host_resolv_conf)
+        self.device_filters = devices.FilterCache()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._containers: dict[str, Container] = {}
@@ -237,6 +239,7 @@ class ContainerManager:
                 bool(host_config.get("Privileged")),
             )
             options.ulimits(host_config.get("Ulimits"))
+            options.device_rules(host_config.get("DeviceCgroupRules"))
             security = options.security_options(host_config.get("SecurityOpt"))
             if security.seccomp not in (None, "unconfined"):
                 seccomp.load_profile(security.seccomp)
@@ -302,7 +305,10 @@ class ContainerManager:
         image = self.images.get(container.image_id)
         host_config = container.host_config
         layers = [str(p) for p in image.layer_dirs]
-        rootfs.mount_overlay(layers, container.upper, container.work, container.merged)
+        # Without a cgroup there is no device filter: then no device node in the root works.
+        rootfs.mount_overlay(
+            layers, container.upper, container.work, container.merged, self.hierarchy is None
+        )
         cgroup = None
         endpoint: dict[str, Any] = {}
         started_at: list[str] = []
@@ -312,10 +318,12 @@ class ContainerManager:
             resources = cgroups.Resources.from_host_config(host_config)
             if self.hierarchy is not None:
                 cgroup = self.hierarchy.create(container.id, resources)
+                if not host_config.get("Privileged"):
+                    self._confine_devices(cgroup, host_config)
             mode = network_mode(host_config)
 
-            def on_ready(pid: int) -> None:
-                if cgroup is not None:
+            def on_ready(pid: int, in_cgroup: bool) -> None:
+                if cgroup is not None and not in_cgroup:
                     cgroup.add_process(pid)
                 if mode == "bridge" and self.network is not None:
                     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -342,6 +350,7 @@ class ContainerManager:
                 LogOptions.from_config((host_config.get("LogConfig") or {}).get("Config")),
                 on_ready,
                 self.prepare.seccomp(spec, host_config),
+                cgroup_dir=str(cgroup.path) if cgroup else None,
             )
         except launch.StartError as error:
             self._start_failed(container, cgroup, str(error), error.code)
@@ -365,7 +374,10 @@ class ContainerManager:
             state.oom_killed = False
             state.has_been_started = True
             container.network = endpoint
-            container.save()
+            # Only a restart policy needs this record to survive a power cut (to start the
+            # container again at the next boot); without one, skip the wait for the disk.
+            policy, _ = options.restart_policy(host_config.get("RestartPolicy"), False)
+            container.save(durable=policy != "no")
             self._watch(container, started.shim_pid, our_child=True, cgroup=cgroup)
             self._changed.notify_all()
         self.on_event("start", container, {})
@@ -393,6 +405,17 @@ class ContainerManager:
                 self._shim_up.discard(container_id)
             return self._start_hooks.pop(container_id, [])
 
+    def _confine_devices(self, cgroup: cgroups.Cgroup, host_config: dict[str, Any]) -> None:
+        rules = devices.DEFAULT_RULES + options.device_rules(host_config.get("DeviceCgroupRules"))
+        try:
+            self.device_filters.attach(rules, str(cgroup.path))
+        except OSError as error:
+            raise AgentError(
+                500,
+                f"cannot restrict the container's devices: {error} (the kernel needs "
+                "CONFIG_CGROUP_BPF; --privileged runs without the restriction)",
+            ) from None
+
     def _start_failed(
         self, container: Container, cgroup: cgroups.Cgroup | None, message: str, code: int
     ) -> None:
@@ -405,6 +428,9 @@ class ContainerManager:
             container.state.exit_code = code
             container.save()
             self._changed.notify_all()
+        if container.host_config.get("AutoRemove"):
+            # as dockerd: a --rm container that could not start is not left behind
+            self._auto_remove(container)
 
     def _release(self, container: Container, cgroup: cgroups.Cgroup | None) -> None:
         """Give back what a run held: its cgroup, its network endpoint, its mounts."""
@@ -481,11 +507,16 @@ class ContainerManager:
         self.on_event("die", container, {"exitCode": str(exit_code)})
         if restart and not self._closing:
             self._schedule_restart(container)
-        elif container.host_config.get("AutoRemove") and container.id in self._containers:
-            try:
-                self.remove(container.id, force=True, volumes=True)
-            except AgentError as error:
-                log.warning("%s: auto-remove failed: %s", container.id[:12], error)
+        elif container.host_config.get("AutoRemove"):
+            self._auto_remove(container)
+
+    def _auto_remove(self, container: Container) -> None:
+        if container.id not in self._containers:
+            return
+        try:
+            self.remove(container.id, force=True, volumes=True)
+        except AgentError as error:
+            log.warning("%s: auto-remove failed: %s", container.id[:12], error)
 
     def _should_restart(self, container: Container) -> bool:
         name, retries = options.restart_policy(container.host_config.get("RestartPolicy"), False)

@@ -10,7 +10,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-from agent.runtime import linux
+from agent.runtime import devices, linux
 
 
 class OptionError(ValueError):
@@ -60,6 +60,14 @@ _FLAG_OPTIONS: dict[str, tuple[int, bool]] = {  # option -> (flag, set it?)
     "strictatime": (linux.MS_STRICTATIME, True),
     "sync": (linux.MS_SYNCHRONOUS, True),
 }
+
+
+def device_rules(items: list[str] | None) -> tuple[devices.Rule, ...]:
+    """--device-cgroup-rule: extra allow rules such as ``c 42:* rmw``."""
+    try:
+        return tuple(devices.Rule.parse(str(item)) for item in items or [])
+    except ValueError as error:
+        raise OptionError(str(error)) from None
 
 
 def ulimits(items: list[dict[str, Any]] | None) -> list[tuple[int, int, int]]:

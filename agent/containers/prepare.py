@@ -95,6 +95,11 @@ class Preparer:
             ),
             no_new_privileges=security.no_new_privileges,
             rlimits=options.ulimits(host_config.get("Ulimits")),
+            console_size=_console_size(
+                (extra if overrides is not None else host_config).get("ConsoleSize")
+            )
+            if tty
+            else None,
         )
 
     def spec(self, container: Container) -> tuple[ContainerSpec, list[str]]:
@@ -384,3 +389,14 @@ def merge_image_config(body: dict[str, Any], image: dict[str, Any]) -> dict[str,
     config["ExposedPorts"] = exposed or None
     config["Image"] = body.get("Image")
     return config
+
+
+def _console_size(value: object) -> tuple[int, int] | None:
+    """ConsoleSize as the CLI sends it ([rows, cols]); [0, 0] or junk means unknown."""
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    try:
+        rows, cols = int(value[0]), int(value[1])
+    except (TypeError, ValueError):
+        return None
+    return (rows, cols) if 0 < rows < 65536 and 0 < cols < 65536 else None

@@ -46,8 +46,11 @@ def is_mounted(path: str) -> bool:
     return False
 
 
-def mount_overlay(layers: Sequence[str], upper: str, work: str, merged: str) -> None:
-    """Mount the layers (lowest first) with ``upper`` on top at ``merged``."""
+def mount_overlay(
+    layers: Sequence[str], upper: str, work: str, merged: str, nodev: bool = False
+) -> None:
+    """Mount the layers (lowest first) with ``upper`` on top at ``merged``. Device nodes
+    in it work (as in Docker) unless ``nodev``: the device filter decides which."""
     for path in (upper, work, merged):
         os.makedirs(path, mode=0o755, exist_ok=True)
     if is_mounted(merged):
@@ -57,7 +60,7 @@ def mount_overlay(layers: Sequence[str], upper: str, work: str, merged: str) -> 
     if len(options) >= 4096:
         raise RootfsError(f"the image has too many layers ({len(layers)}) for one overlay mount")
     try:
-        linux.mount("overlay", merged, "overlay", linux.MS_NODEV, options)
+        linux.mount("overlay", merged, "overlay", linux.MS_NODEV if nodev else 0, options)
     except OSError as error:
         raise RootfsError(f"cannot mount the container's root filesystem: {error}") from None
 

@@ -326,7 +326,8 @@ class ImageStore:
             candidates = [i for i in self._image_ids() if _hex(i).startswith(prefix)]
             if len(candidates) == 1:
                 return candidates[0]
-        raise ImageNotFound(name_or_id)
+        # dockerd names the normalized reference: "No such image: nothere:latest"
+        raise ImageNotFound(familiar(ref) if ref is not None else name_or_id)
 
     def get(self, name_or_id: str) -> Image:
         """An image by name (``:latest`` implied), full or ``sha256:`` id, or unique id prefix."""

@@ -12,11 +12,16 @@ user) and execs the command. A failure is written to the control socket as one l
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import os
 import resource
 import signal
 import socket
+import stat
+import struct
+import termios
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -65,8 +70,6 @@ def _join_namespaces(spec: ContainerSpec) -> None:
 
 def _loopback_up() -> None:
     """A new network namespace starts with `lo` down; every container expects it up."""
-    import fcntl
-    import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH22x", b"lo", 0)
@@ -95,7 +98,6 @@ def _mknod_devices(dev: str, privileged: bool) -> None:
 
 def _copy_host_devices(dev: str) -> None:
     """--privileged: every device node the host's /dev has at its top level."""
-    import stat
 
     for entry in os.scandir("/dev"):
         try:
@@ -168,29 +170,28 @@ def _mount_one(root: str, mount: Mount) -> None:
         linux.mount(None, target, None, mount.propagation)
 
 
-def open_terminal(root: str) -> tuple[int, int]:
-    """A new terminal from the devpts at ``root``/dev/pts: (master, slave)."""
-    import fcntl
-    import struct
+def open_terminal(root: str, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """A new terminal from the devpts at ``root``/dev/pts: (master, slave), of ``size``
+    (rows, cols) when known, so the first prompt already fits the client's window."""
 
     master = os.open(root + "/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
     slave = os.open(f"{root}/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    if size is not None:
+        linux.set_window_size(master, *size)
     return master, slave
 
 
 def make_controlling(terminal: int) -> None:
     """The terminal becomes this (session leader) process's controlling terminal."""
-    import fcntl
-    import termios
 
     fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
 
 
-def _setup_console(root: str, tty_sock: socket.socket) -> int:
+def _setup_console(root: str, tty_sock: socket.socket, size: tuple[int, int] | None) -> int:
     """Make the terminal inside the container's own devpts, hand its master to the shim."""
-    master, slave = open_terminal(root)
+    master, slave = open_terminal(root, size)
     console = root + "/dev/console"
     os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
     linux.mount(os.readlink(f"/proc/self/fd/{slave}"), console, None, linux.MS_BIND)
@@ -317,7 +318,9 @@ def _become(
     _mount_defaults(spec, new_net="net" in spec.new_namespaces)
     for mount in spec.mounts:
         _mount_one(root, mount)
-    terminal = _setup_console(root, tty_sock) if tty_sock is not None else None
+    terminal = (
+        _setup_console(root, tty_sock, spec.process.console_size) if tty_sock is not None else None
+    )
     _pivot(root)
     if not spec.privileged:
         for path in spec.readonly_paths:
@@ -419,7 +422,6 @@ _name_buffers: list[object] = []
 
 def ctypes_name(name: bytes) -> int:
     """The address of a NUL-terminated copy of ``name`` that lives as long as the process."""
-    import ctypes
 
     buffer = ctypes.create_string_buffer(name)
     _name_buffers.append(buffer)

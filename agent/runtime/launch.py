@@ -60,10 +60,13 @@ def start(
     spec: ContainerSpec,
     paths: ShimPaths,
     log_options: LogOptions,
-    on_ready: Callable[[int], None],
+    on_ready: Callable[[int, bool], None],
     seccomp: object | None = None,
+    cgroup_dir: str | None = None,
 ) -> Started:
-    """Fork the shim and the init; ``on_ready(init_pid)`` runs once the namespaces exist."""
+    """Fork the shim and the init; ``on_ready(init_pid, in_cgroup)`` runs once the
+    namespaces exist. With ``cgroup_dir`` the init is created inside that cgroup when the
+    kernel can (``in_cgroup``); otherwise ``on_ready`` must move it there."""
     caps = Applier(spec.process.capabilities, as_root=spec.process.uid == 0)
     for path in (paths.attach_socket, paths.exit_file):
         with contextlib.suppress(FileNotFoundError):
@@ -77,17 +80,33 @@ def start(
     listener.listen(16)
     daemon_end, child_end = socket.socketpair()
     status_read, status_write = os.pipe2(os.O_CLOEXEC)
+    cgroup_fd = (
+        os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if cgroup_dir else -1
+    )
     try:
         shim_pid = os.fork()
     except OSError:
-        for fd in (status_read, status_write):
-            os.close(fd)
+        for fd in (status_read, status_write, cgroup_fd):
+            if fd >= 0:
+                os.close(fd)
         daemon_end.close()
         child_end.close()
         listener.close()
         raise
     if shim_pid == 0:
-        _shim_child(spec, paths, log_options, child_end, status_write, listener, caps, seccomp)
+        _shim_child(
+            spec,
+            paths,
+            log_options,
+            child_end,
+            status_write,
+            listener,
+            caps,
+            seccomp,
+            cgroup_fd,
+        )
+    if cgroup_fd >= 0:
+        os.close(cgroup_fd)
     os.close(status_write)
     child_end.close()
     listener.close()
@@ -96,12 +115,13 @@ def start(
             line = status.readline()
         if not line.startswith(b"pid "):
             raise StartError(f"the container's shim failed: {line.decode().strip()}")
-        init_pid = int(line.split()[1])
+        words = line.split()
+        init_pid = int(words[1])
         daemon_end.settimeout(START_TIMEOUT)
         message = recv_line(daemon_end)
         if message != b"ns\n":
             raise failure_from(message)
-        on_ready(init_pid)
+        on_ready(init_pid, b"in-cgroup" in words)
         daemon_end.sendall(b"go\n")
         message = recv_line(daemon_end)
         if message:
@@ -142,6 +162,7 @@ def _shim_child(
     listener: socket.socket,
     caps: Applier,
     seccomp: object | None,
+    cgroup_fd: int,
 ) -> None:
     """The shim process. Never returns."""
     code = 0
@@ -154,7 +175,7 @@ def _shim_child(
             os.dup2(null, target)
         if null > 2:
             os.close(null)
-        keep = {control.fileno(), status_write, listener.fileno()}
+        keep = {control.fileno(), status_write, listener.fileno(), cgroup_fd}
         _close_all_but(keep)
         wakeup = install_sigchld_pipe()
         process = spec.process
@@ -180,7 +201,17 @@ def _shim_child(
             os.close(fd)
         elif "pid" in spec.new_namespaces:
             linux.unshare(linux.CLONE_NEWPID)
-        init_pid = os.fork()
+        in_cgroup = False
+        if cgroup_fd >= 0:
+            try:
+                init_pid = linux.fork_into_cgroup(cgroup_fd)
+                in_cgroup = True
+            except OSError:  # an older kernel: the daemon moves the init instead
+                init_pid = os.fork()
+            if init_pid == 0:
+                os.close(cgroup_fd)
+        else:
+            init_pid = os.fork()
         if init_pid == 0:
             os.close(status_write)
             listener.close()
@@ -188,7 +219,10 @@ def _shim_child(
                 spec, control, stdio, tty_pair[1] if tty_pair else None, caps, seccomp
             )
         control.close()
-        os.write(status_write, f"pid {init_pid}\n".encode())
+        placed = " in-cgroup" if in_cgroup else ""
+        os.write(status_write, f"pid {init_pid}{placed}\n".encode())
+        if cgroup_fd >= 0:
+            os.close(cgroup_fd)
         os.close(status_write)
         terminal = None
         if stdio is not None:

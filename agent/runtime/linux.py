@@ -8,7 +8,10 @@ the library handle and function objects are resolved once at import, before any 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import signal
+import struct
 from typing import Any
 
 StrPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -134,5 +137,71 @@ def sethostname(name: str) -> None:
     check(_sethostname(data, len(data)), "sethostname")
 
 
+TIOCSWINSZ = 0x5414
+
+
+def set_window_size(terminal: int, rows: int, cols: int) -> None:
+    """Set a terminal's size (what `stty size` reads and SIGWINCH announces)."""
+    fcntl.ioctl(terminal, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return check(_prctl(option, arg2, arg3, arg4, arg5), "prctl")
+
+
+# --- fork straight into a cgroup (clone3 with CLONE_INTO_CGROUP) -------------------------------
+SYS_CLONE3 = 435
+CLONE_INTO_CGROUP = 0x200000000
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
+
+
+# Through PyDLL the call keeps the GIL, like os.fork(): no other thread runs across it.
+_py_syscall = ctypes.PyDLL(None, use_errno=True).syscall
+_py_syscall.restype = ctypes.c_long
+_before_fork = ctypes.pythonapi.PyOS_BeforeFork
+_after_fork_child = ctypes.pythonapi.PyOS_AfterFork_Child
+_after_fork_parent = ctypes.pythonapi.PyOS_AfterFork_Parent
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """Like os.fork(), but the child starts life in the cgroup of ``cgroup_fd``.
+
+    Moving a running process into a cgroup waits for an RCU grace period (around 10 ms)
+    unless the hierarchy is mounted with favordynmods; creating it there does not. Only for
+    single-threaded callers (the shim): unlike glibc's fork() this skips the C library's
+    own fork handlers, which only matter when other threads may hold its locks.
+    Raises OSError (ENOSYS, EINVAL …) when the kernel cannot: fall back to fork + move.
+    """
+
+    args = _CloneArgs()
+    args.flags = CLONE_INTO_CGROUP
+    args.exit_signal = signal.SIGCHLD
+    args.cgroup = cgroup_fd
+    _before_fork()
+    pid = _py_syscall(SYS_CLONE3, ctypes.byref(args), ctypes.sizeof(args))
+    if pid == 0:
+        _after_fork_child()
+        return 0
+    err = ctypes.get_errno()
+    _after_fork_parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return int(pid)

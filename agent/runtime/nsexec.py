@@ -131,7 +131,7 @@ def _helper(
         os.close(fd)
     terminal = None
     if process.tty:
-        master, terminal = container_init.open_terminal("")
+        master, terminal = container_init.open_terminal("", process.console_size)
         socket.send_fds(control, [b"tty"], [master])
         os.close(master)
     child = os.fork()

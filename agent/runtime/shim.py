@@ -19,7 +19,6 @@ container's output ends.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import selectors
@@ -29,6 +28,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from agent.runtime.linux import set_window_size
 from agent.runtime.logfile import JsonLogWriter, LogOptions, timestamp
 
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep copying output once the init has exited
@@ -213,7 +213,7 @@ class Shim:
         if "resize" in request:
             rows, cols = (int(v) for v in request["resize"])
             if self.terminal is not None:
-                fcntl.ioctl(self.terminal, _TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                set_window_size(self.terminal, rows, cols)
             self._drop(client)
             return False
         client.wants = (
@@ -253,9 +253,6 @@ class Shim:
         with open(temporary, "w") as handle:
             json.dump(record, handle)
         os.replace(temporary, self.paths.exit_file)
-
-
-_TIOCSWINSZ = 0x5414
 
 
 def install_sigchld_pipe() -> int:

@@ -95,6 +95,7 @@ class Process:
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # (resource, soft, hard)
     umask: int = 0o022
     reaper: bool = False  # --init: a minimal init runs as PID 1 and the command as its child
+    console_size: tuple[int, int] | None = None  # (rows, cols) of a new terminal
 
 
 @dataclass

@@ -166,3 +166,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             report.sections.append(("vmctl machine logs", _session_vm.logs()))
         except Exception as e:  # the logs are a courtesy; never mask the failure
             report.sections.append(("vmctl machine logs", f"could not collect logs: {e}"))
+
+
+@pytest.fixture
+def running_vm(vm: VM) -> VM:
+    """The session machine, running: test files that run after test_machine.py (which
+    stops and finally removes it) get it back, created with the session's options."""
+    if not vm.dir.exists():
+        vm.vmctl(
+            "machine",
+            "start",
+            "--memory",
+            "1G",
+            "--cpus",
+            "2",
+            "--mount",
+            str(vm.share),
+            timeout=900,
+        )
+    elif vm.status()["state"] != "running" or not vm.socket.exists():
+        vm.vmctl("machine", "start", timeout=900)
+    return vm

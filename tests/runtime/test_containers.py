@@ -93,6 +93,23 @@ def test_privileged_lifts_the_confinement(engine: Engine) -> None:
     assert effective == capabilities.current()["CapEff"]  # all the daemon has
 
 
+def test_device_nodes_can_be_made_but_only_harmless_ones_used(engine: Engine) -> None:
+    if engine.hierarchy is None:
+        pytest.skip("the device filter attaches to a cgroup v2 directory; this host has none")
+    script = (
+        "mknod /lc c 10 237 && echo mknod:ok; "  # /dev/loop-control
+        "(: < /lc) 2>/dev/null && echo open:ok || echo open:refused; "
+        ": < /dev/null && : < /dev/urandom && : > /dev/full && echo harmless:ok"
+    )
+    default = engine.sh(script).out
+    assert "mknod:ok" in default and "open:refused" in default, default
+    assert "harmless:ok" in default, default
+    assert "open:ok" in engine.sh(script, DeviceCgroupRules=["c 10:237 r"]).out
+    assert "open:ok" in engine.sh(script, Privileged=True).out
+    with pytest.raises(BadRequest, match="invalid device cgroup rule"):
+        engine.create(["true"], DeviceCgroupRules=["x 1:2 r"])
+
+
 def test_default_capabilities_and_cap_drop_net_raw(engine: Engine) -> None:
     default = engine.sh(
         "grep CapEff /proc/self/status; ping -c1 -W1 127.0.0.1 >/dev/null && echo ping:ok"
@@ -288,7 +305,7 @@ def test_bad_requests_leave_nothing_behind(engine: Engine) -> None:
     for host_config in bad:
         with pytest.raises(BadRequest):
             engine.create(["true"], **host_config)
-    with pytest.raises(NotFound, match="No such image"):
+    with pytest.raises(NotFound, match="No such image: nosuchimage:latest"):
         engine.manager.create({"Image": "nosuchimage", "Cmd": ["true"]})
     assert engine.create(["true"]).name  # a good one still works
     with pytest.raises(Conflict, match="already in use"):
@@ -385,6 +402,34 @@ def test_exec_with_a_terminal_and_failures(engine: Engine) -> None:
     engine.manager.stop(container.id, timeout=0)
     with pytest.raises(Conflict, match="is not running"):
         manager.exec_create(container.id, {"Cmd": ["true"]})
+
+
+def test_terminal_starts_at_the_requested_console_size(engine: Engine) -> None:
+    result = engine.run(["stty", "size"], config={"Tty": True}, ConsoleSize=[41, 123])
+    assert result.code == 0 and result.out.strip() == "41 123", result.out
+    container = engine.create(["sleep", "30"])
+    engine.manager.start(container.id)
+    instance = engine.manager.exec_create(
+        container.id, {"Cmd": ["stty", "size"], "Tty": True, "ConsoleSize": [17, 71]}
+    )
+    handle = engine.manager.exec_start(instance.id)
+    output = _read_all(handle.terminal).decode()
+    assert engine.manager.exec_finish(instance.id, handle) == 0
+    assert output.strip() == "17 71", output
+    engine.manager.stop(container.id, timeout=0)
+
+
+def test_auto_remove_container_that_cannot_start_is_removed(engine: Engine) -> None:
+    container = engine.create(["/no/such/command"], AutoRemove=True)
+    with pytest.raises(AgentError, match="no such file|not found"):
+        engine.manager.start(container.id)
+    with pytest.raises(NotFound):
+        engine.manager.get(container.id)
+    assert not os.path.exists(container.directory)
+    kept = engine.create(["/no/such/command"])  # without --rm it stays, as "created"
+    with pytest.raises(AgentError):
+        engine.manager.start(kept.id)
+    assert engine.manager.get(kept.id).state.status == "created"
 
 
 # --- attach ---------------------------------------------------------------------------------

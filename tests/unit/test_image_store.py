@@ -251,7 +251,7 @@ def test_ambiguous_prefix_is_not_found(store: ImageStore) -> None:
 def test_not_found_messages(store: ImageStore) -> None:
     with pytest.raises(ImageNotFound) as caught:
         store.get("nope")
-    assert str(caught.value) == "No such image: nope"
+    assert str(caught.value) == "No such image: nope:latest"  # as dockerd words it
     assert caught.value.status == 404
     with pytest.raises(ImageNotFound, match="No such image: NotAName"):
         store.get("NotAName")
