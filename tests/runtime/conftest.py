@@ -8,11 +8,16 @@ the cgroups and the root, and fails the test if a mount under the root is left b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ from agent.runtime import cgroups
 from agent.runtime.logfile import read_entries
 from agent.volumes.store import VolumeStore
 from images import busybox as bb
+from vmctl.engine_client import EngineClient
+from vmctl.errors import VmctlError
 
 HOST_BUSYBOX = Path("/bin/busybox")
 
@@ -131,4 +138,93 @@ def engine(busybox_tarball: bytes) -> Iterator[Engine]:
             for mount in reversed(mounts_under(root)):
                 os.system(f"umount -l {mount}")
             shutil.rmtree(root, ignore_errors=True)
+        assert not leftover, f"mounts left behind: {leftover}"
+
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 60  # seconds for one vmctl command
+
+
+@dataclass
+class NativeAgent:
+    """An agent running natively on this host (root) in a private network namespace,
+    with vmctl pointed at it (VMCTL_HOST) and a throw-away VMCTL_HOME."""
+
+    socket: Path
+    root: str
+    env: dict[str, str]
+    client: EngineClient
+
+    def vmctl(
+        self, *argv: str, input: bytes | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "vmctl.cli", *argv],
+            input=input.decode() if input is not None else None,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+            timeout=TIMEOUT,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def popen(self, *argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            [sys.executable, "-m", "vmctl.cli", *argv], env=self.env, cwd=REPO, **kwargs
+        )
+
+
+def _wait_ready(client: EngineClient, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the agent exited ({process.returncode}):\n{log.read_text()}")
+        with contextlib.suppress(VmctlError, OSError):
+            client.list_containers(all=True)
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the agent did not answer within 30 s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def agent(busybox_tarball: bytes) -> Iterator[NativeAgent]:
+    root = tempfile.mkdtemp(prefix="vmctl-verbs-", dir="/var/tmp")
+    short = tempfile.mkdtemp(prefix="vv")  # socket and run root: unix paths are short
+    home = tempfile.mkdtemp(prefix="vmctl-home-")
+    tarball = Path(short) / "busybox.tar"
+    tarball.write_bytes(busybox_tarball)
+    sock = Path(short) / "engine.sock"
+    log = Path(short) / "agent.log"
+    argv = ["unshare", "-n", sys.executable, "-m", "agent", "--socket", str(sock)]
+    argv += ["--root", root, "--run-root", f"{short}/run", "--preload", str(tarball)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    client = EngineClient(sock)
+    env = {**os.environ, "VMCTL_HOST": f"unix://{sock}", "VMCTL_HOME": home}
+    env["PYTHONPATH"] = str(REPO)
+    try:
+        _wait_ready(client, process, log)
+        yield NativeAgent(sock, root, env, client)
+    finally:
+        try:
+            with contextlib.suppress(VmctlError, OSError):
+                for container in client.list_containers(all=True):
+                    client.remove_container(container["Id"], force=True, volumes=True)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+            leftover = mounts_under(root)
+        finally:
+            for mount in reversed(mounts_under(root)):
+                subprocess.run(["umount", "-l", mount], check=False)
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(short, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
         assert not leftover, f"mounts left behind: {leftover}"
