@@ -215,11 +215,12 @@ def stray_cgroups(prefix: str) -> list[Path]:
 # Daemon-side steps timed by --profile (module, attribute path, label). The init's own work
 # (forks, namespaces, mounts, exec) is what remains of launch.start besides the cgroup move.
 SPLIT = (
-    ("agent.containers.model", "Container.save", "record saves (fsync'd JSON)"),
+    ("agent.containers.model", "Container.save", "record saves (JSON; fsync'd when durable)"),
     ("agent.containers.rootfs", "mount_overlay", "overlay mount"),
-    ("agent.containers.manager", "ContainerManager._spec", "spec (user lookup, rootfs prep)"),
+    ("agent.containers.prepare", "Preparer.spec", "spec (user lookup, rootfs prep)"),
     ("agent.runtime.cgroups", "Hierarchy.create", "cgroup mkdir"),
-    ("agent.containers.manager", "ContainerManager._write_etc_files", "hostname/hosts/resolv"),
+    ("agent.runtime.devices", "FilterCache.attach", "device filter attach"),
+    ("agent.containers.prepare", "Preparer.write_etc_files", "hostname/hosts/resolv"),
     ("agent.runtime.launch", "start", "launch: shim + init up to exec"),
     ("agent.runtime.cgroups", "Cgroup.add_process", "launch, of which: move init into cgroup"),
     ("agent.runtime.cgroups", "Cgroup.remove", "cgroup rmdir"),
