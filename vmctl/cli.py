@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmctl import __version__, containers_cli, docker_context
+from vmctl import __version__, containers_cli, docker_context, native
 from vmctl.config import MachineConfig, Mount, parse_mount, parse_size_gib, parse_size_mib
 from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
@@ -397,6 +397,13 @@ def add_creation_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+# -- engine -----------------------------------------------------------------------------
+
+
+def cmd_engine_serve(paths: Paths, args: argparse.Namespace) -> int:
+    return native.serve(args.socket, args.root, args.run_root, args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmctl",
@@ -404,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmctl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    verbs_list = ",".join(("machine", "image", *containers_cli.VERBS))
+    verbs_list = ",".join(("machine", "image", "engine", *containers_cli.VERBS))
     top = parser.add_subparsers(dest="group", required=True, metavar=f"{{{verbs_list}}}")
 
     machine = top.add_parser("machine", help="create, start and manage VMs")
@@ -455,6 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
     build = image_verbs.add_parser("build", help="build the VM image from Debian packages")
     build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
     build.set_defaults(func=cmd_image_build)
+
+    engine = top.add_parser("engine", help="the engine natively on this Linux host (no VM)")
+    engine_verbs = engine.add_subparsers(dest="verb", required=True)
+    serve = engine_verbs.add_parser(
+        "serve",
+        help="run the engine in the foreground on this Linux host (root)",
+        description="Run the agent natively (Linux, root): the Engine API on a 0600 unix "
+        "socket, containers under --root. Ctrl-C stops it; its containers keep running.",
+    )
+    serve.add_argument("--socket", default=native.DEFAULT_SOCKET, help="the API socket")
+    serve.add_argument("--root", default=native.DEFAULT_ROOT, help="images, volumes, containers")
+    serve.add_argument(
+        "--run-root", default=native.DEFAULT_RUN_ROOT, help="ephemeral runtime files"
+    )
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    serve.set_defaults(func=cmd_engine_serve)
     containers_cli.add_parsers(top)
     return parser
 
