@@ -4,7 +4,7 @@ The same engine the VM runs, for a Linux user who wants the same CLI everywhere 
 the tests). It needs root (namespaces, mounts, cgroups). The busybox image it preloads
 is built from the host's busybox-static, as the VM image builder builds it; the agent then
 runs in the foreground (Ctrl-C stops it; its containers keep running and are found again
-by the next `engine serve`).
+by the next `engine serve`). It execs the agent, so signals reach it directly.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def agent_argv(
 
 
 def serve(socket: str, root: str, run_root: str, log_level: str) -> int:
-    """Run the agent in the foreground; its exit status."""
+    """Become the agent, in the foreground (returns only by raising)."""
     check_host()
     for tool in ("nft", "ip"):
         if shutil.which(tool) is None:
@@ -105,9 +105,8 @@ def serve(socket: str, root: str, run_root: str, log_level: str) -> int:
         )
     print(f"engine: serving on {socket}; point docker at it with:", file=sys.stderr)
     print(f"  export DOCKER_HOST=unix://{socket}", file=sys.stderr)
-    process = subprocess.Popen(agent_argv(socket, root, run_root, preload, log_level))
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The agent takes this process's place: SIGINT/SIGTERM reach it directly.
+    argv = agent_argv(socket, root, run_root, preload, log_level)
+    os.execv(argv[0], argv)
