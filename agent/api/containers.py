@@ -12,6 +12,7 @@ from typing import Any
 
 from agent import engine_handle
 from agent.api import streams
+from agent.api.create_body import check_create_body
 from agent.api.request import Request
 from agent.api.response import (
     MULTIPLEXED_STREAM_TYPE,
@@ -260,6 +261,7 @@ def list_containers(request: Request, response: ResponseWriter) -> None:
 
 def create(request: Request, response: ResponseWriter) -> None:
     body = request.json_object()
+    check_create_body(body)
     container = _engine().containers.create(body, request.arg("name"))
     response.send_json({"Id": container.id, "Warnings": []}, status=201)
 
@@ -279,17 +281,21 @@ def start(request: Request, response: ResponseWriter) -> None:
 
 
 def stop(request: Request, response: ResponseWriter) -> None:
-    timeout = request.arg("t")
     stopped = _engine().containers.stop(
-        _id(request), int(timeout) if timeout else None, request.arg("signal") or None
+        _id(request), _timeout_arg(request), request.arg("signal") or None
     )
     response.send(204 if stopped else 304)
 
 
 def restart(request: Request, response: ResponseWriter) -> None:
-    timeout = request.arg("t")
-    _engine().containers.restart(_id(request), int(timeout) if timeout else None)
+    _engine().containers.restart(_id(request), _timeout_arg(request), request.arg("signal") or None)
     response.send(204)
+
+
+def _timeout_arg(request: Request) -> int | None:
+    """?t= of stop and restart: seconds before SIGKILL (-1: wait forever); absent: the
+    container's StopTimeout or 10."""
+    return request.int_arg("t") if request.arg("t").strip() else None
 
 
 def kill(request: Request, response: ResponseWriter) -> None:

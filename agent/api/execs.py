@@ -11,6 +11,7 @@ from agent.api.request import Request
 from agent.api.response import MULTIPLEXED_STREAM_TYPE, RAW_STREAM_TYPE, ResponseWriter
 from agent.api.streams import frame
 from agent.containers.manager import ContainerManager
+from agent.containers.prepare import console_size
 from agent.errors import BadRequest, Conflict
 from agent.runtime.linux import set_window_size
 from agent.runtime.nsexec import ExecProcess
@@ -34,9 +35,9 @@ def start(request: Request, response: ResponseWriter) -> None:
         instance.config["Tty"] = bool(body["Tty"])
     handle = manager.exec_start(exec_id)
     instance.handle = handle
-    size = body.get("ConsoleSize")
-    if handle.terminal is not None and isinstance(size, list) and len(size) == 2:
-        _set_size(handle.terminal, int(size[0]), int(size[1]))
+    size = console_size(body.get("ConsoleSize"))
+    if handle.terminal is not None and size is not None:
+        _set_size(handle.terminal, *size)
     if body.get("Detach"):
         threading.Thread(target=manager.exec_finish, args=(exec_id, handle), daemon=True).start()
         response.send(200)

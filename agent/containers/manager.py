@@ -613,6 +613,7 @@ class ContainerManager:
     def stop(self, ref: str, timeout: int | None = None, signal_name: str | None = None) -> bool:
         """Stop signal, then SIGKILL after the timeout. False when it was not running."""
         container = self.get(ref)
+        stop_signal = parse_signal(signal_name or container.config.get("StopSignal") or "SIGTERM")
         with self._lock:
             if container.state.status == RESTARTING:  # cancel the pending restart
                 container.state.stopped_by_user = True
@@ -625,7 +626,6 @@ class ContainerManager:
             container.state.stopped_by_user = True
             container.save()
             pid = container.state.pid
-        stop_signal = parse_signal(signal_name or container.config.get("StopSignal") or "SIGTERM")
         if timeout is None:
             timeout = container.config.get("StopTimeout")
             timeout = 10 if timeout is None else int(timeout)
@@ -649,9 +649,11 @@ class ContainerManager:
                 self._changed.wait(remaining)
         return True
 
-    def restart(self, ref: str, timeout: int | None = None) -> Container:
+    def restart(
+        self, ref: str, timeout: int | None = None, signal_name: str | None = None
+    ) -> Container:
         container = self.get(ref)
-        self.stop(container.id, timeout)
+        self.stop(container.id, timeout, signal_name)
         with self._lock:
             if container.state.status == RESTARTING:
                 container.state.status = EXITED

@@ -95,7 +95,7 @@ class Preparer:
             ),
             no_new_privileges=security.no_new_privileges,
             rlimits=options.ulimits(host_config.get("Ulimits")),
-            console_size=_console_size(
+            console_size=console_size(
                 (extra if overrides is not None else host_config).get("ConsoleSize")
             )
             if tty
@@ -391,7 +391,7 @@ def merge_image_config(body: dict[str, Any], image: dict[str, Any]) -> dict[str,
     return config
 
 
-def _console_size(value: object) -> tuple[int, int] | None:
+def console_size(value: object) -> tuple[int, int] | None:
     """ConsoleSize as the CLI sends it ([rows, cols]); [0, 0] or junk means unknown."""
     if not isinstance(value, list) or len(value) != 2:
         return None

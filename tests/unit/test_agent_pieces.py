@@ -182,3 +182,41 @@ def test_readiness_line() -> None:
     line = readiness_line("/run/vmctl/engine.sock")
     assert line.startswith("VMCTL-READY agent=")
     assert line.endswith(" api=1.50 socket=/run/vmctl/engine.sock\n")
+
+
+# -- the create body's shape ---------------------------------------------------------------
+
+
+def test_create_body_refuses_unknown_and_mistyped_fields() -> None:
+    import json
+    from pathlib import Path
+
+    from agent.api.create_body import check_create_body
+    from agent.errors import BadRequest
+
+    example = (
+        Path(__file__).resolve().parents[3] / "shared/specs/cli-28.2.2-create-body-example.json"
+    )
+    if example.exists():  # what the docker CLI 28.2.2 really sends passes as it is
+        check_create_body(json.loads(example.read_text()))
+    good = {"Image": "busybox", "Cmd": "echo hi", "HostConfig": {"Memory": 0, "Dns": None}}
+    check_create_body(good)
+    assert good["Cmd"] == ["echo hi"]  # a StrSlice, as dockerd reads it
+    bad = [
+        ({"Image": 5}, "invalid type for Image: expected string, got number"),
+        ({"Image": "b", "HostConfig": {"Memory": "lots"}}, "HostConfig.Memory: expected integer"),
+        ({"Image": "b", "HostConfig": {"Memory": 1.5}}, "expected integer, got number"),
+        ({"Image": "b", "HostConfig": {"Privileged": 1}}, "expected boolean"),
+        ({"Image": "b", "Env": ["A=1", 2]}, "Env: expected list of strings"),
+        ({"Image": "b", "Labels": {"a": 1}}, "Labels: expected object of strings"),
+        ({"Image": "b", "Memmory": 5}, "unknown field Memmory"),
+        ({"Image": "b", "HostConfig": {"Bogus": True}}, "unknown field HostConfig.Bogus"),
+        ({"Image": "b", "HostConfig": []}, "HostConfig: expected object, got list"),
+    ]
+    for body, message in bad:
+        try:
+            check_create_body(body)
+        except BadRequest as error:
+            assert message in error.message, (body, error.message)
+        else:
+            raise AssertionError(f"accepted {body}")
