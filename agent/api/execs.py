@@ -12,7 +12,7 @@ from agent.api.response import MULTIPLEXED_STREAM_TYPE, RAW_STREAM_TYPE, Respons
 from agent.api.streams import frame
 from agent.containers.manager import ContainerManager
 from agent.containers.prepare import console_size
-from agent.errors import BadRequest, Conflict
+from agent.errors import AgentError, BadRequest, Conflict
 from agent.runtime.linux import set_window_size
 from agent.runtime.nsexec import ExecProcess
 
@@ -30,22 +30,28 @@ def start(request: Request, response: ResponseWriter) -> None:
     manager = _manager()
     exec_id = request.params["id"]
     body = request.json_object()
-    instance = manager.exec_get(exec_id)
+    instance, _ = manager.exec_check(exec_id)
     if "Tty" in body:
         instance.config["Tty"] = bool(body["Tty"])
-    handle = manager.exec_start(exec_id)
-    instance.handle = handle
-    size = console_size(body.get("ConsoleSize"))
-    if handle.terminal is not None and size is not None:
-        _set_size(handle.terminal, *size)
     if body.get("Detach"):
+        handle = _start(manager, exec_id, body)
         threading.Thread(target=manager.exec_finish, args=(exec_id, handle), daemon=True).start()
         response.send(200)
         return
-    tty = handle.terminal is not None
+    tty = bool(instance.config.get("Tty"))
     multiplexed = not tty and request.version_at_least("1.42")
+    # The stream is taken over before the process starts, as dockerd does: a client that
+    # reads the 101 head through a buffered reader (the Python SDK) would otherwise lose
+    # output that arrived in the same read. A start failure is then told in the stream.
     raw = response.hijack(MULTIPLEXED_STREAM_TYPE if multiplexed else RAW_STREAM_TYPE)
     with raw:
+        try:
+            handle = _start(manager, exec_id, body)
+        except AgentError as error:
+            message = (error.message + "\r\n").encode()
+            with contextlib.suppress(OSError):
+                raw.sendall(message if not multiplexed else frame(1, message))
+            return
         if handle.stdin is not None and instance.config.get("AttachStdin"):
             threading.Thread(target=_pump_input, args=(raw, handle), daemon=True).start()
         outputs = [(1, handle.stdout)] if tty else [(1, handle.stdout), (2, handle.stderr)]
@@ -59,6 +65,15 @@ def start(request: Request, response: ResponseWriter) -> None:
         for thread in threads:
             thread.join()
         manager.exec_finish(exec_id, handle)  # before the close: the CLI asks for ExitCode next
+
+
+def _start(manager: ContainerManager, exec_id: str, body: dict[str, object]) -> ExecProcess:
+    handle = manager.exec_start(exec_id)
+    manager.exec_get(exec_id).handle = handle
+    size = console_size(body.get("ConsoleSize"))
+    if handle.terminal is not None and size is not None:
+        _set_size(handle.terminal, *size)
+    return handle
 
 
 def _pump_output(raw: object, fd: int, stream: int, tty: bool) -> None:

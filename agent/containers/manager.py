@@ -737,15 +737,20 @@ class ContainerManager:
             raise NotFound(f"No such exec instance: {exec_id}")
         return instance
 
-    def exec_start(self, exec_id: str) -> nsexec.ExecProcess:
-        """Start an exec instance; the caller streams its I/O and then calls exec_finish."""
+    def exec_check(self, exec_id: str) -> tuple[ExecInstance, Container]:
+        """The exec and its container, when the exec could start now (else 404 or 409)."""
         instance = self.exec_get(exec_id)
         container = self.get(instance.container_id)
+        if instance.started:
+            raise Conflict(f"exec {exec_id} has already been started")
+        if container.state.status != RUNNING:
+            raise Conflict(f"container {container.id} is not running")
+        return instance, container
+
+    def exec_start(self, exec_id: str) -> nsexec.ExecProcess:
+        """Start an exec instance; the caller streams its I/O and then calls exec_finish."""
         with self._lock:
-            if instance.started:
-                raise Conflict(f"exec {exec_id} has already been started")
-            if container.state.status != RUNNING:
-                raise Conflict(f"container {container.id} is not running")
+            instance, container = self.exec_check(exec_id)
             instance.started = True
             running = self._running.get(container.id)
             pid = container.state.pid
