@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
-import json
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -20,56 +18,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.conftest import VM, require
+from tests.docker_suite import DockerCLI
+from tests.e2e.conftest import VM
 
 pytestmark = pytest.mark.e2e
 
-DOCKER_TIMEOUT = 180.0
 
-
-class Engine:
+class Engine(DockerCLI):
     """The docker CLI pointed at one machine's engine socket, remembering what it names."""
 
-    def __init__(self, vm: VM, docker: str) -> None:
+    def __init__(self, vm: VM) -> None:
+        super().__init__(vm.socket, vm.env)
         self.vm = vm
-        self.docker = docker
-        self.env = {k: v for k, v in vm.env.items() if k != "DOCKER_CONTEXT"}
-        self.env["DOCKER_HOST"] = f"unix://{vm.socket}"
-        self.names: list[str] = []
-
-    def name(self, role: str) -> str:
-        """A fresh container name, removed (if it exists) when the test ends."""
-        name = f"e2e-{role}-{uuid.uuid4().hex[:8]}"
-        self.names.append(name)
-        return name
-
-    def __call__(
-        self, *args: str, input: str | None = None, timeout: float = DOCKER_TIMEOUT
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.docker, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            input=input,
-            timeout=timeout,
-        )
-
-    def ok(self, *args: str, input: str | None = None, timeout: float = DOCKER_TIMEOUT) -> str:
-        """Run docker and insist on success; its stdout."""
-        proc = self(*args, input=input, timeout=timeout)
-        assert proc.returncode == 0, (
-            f"docker {' '.join(args)} exited {proc.returncode}\n"
-            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        )
-        return proc.stdout
-
-    def inspect(self, name: str) -> dict[str, object]:
-        data = json.loads(self.ok("inspect", "--type", "container", name))
-        assert isinstance(data, list) and len(data) == 1
-        record = data[0]
-        assert isinstance(record, dict)
-        return record
 
     def state(self, name: str) -> dict[str, object]:
         state = self.inspect(name)["State"]
@@ -79,14 +39,10 @@ class Engine:
     def exec_ok(self, name: str, command: str) -> str:
         return self.ok("exec", name, "sh", "-c", command)
 
-    def cleanup(self) -> None:
-        if self.names:
-            self("rm", "-f", *self.names, timeout=300)
-
 
 @pytest.fixture
 def engine(running_vm: VM) -> Iterator[Engine]:
-    client = Engine(running_vm, require("docker"))
+    client = Engine(running_vm)
     try:
         yield client
     finally:
