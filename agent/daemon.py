@@ -90,5 +90,9 @@ def run(
     finally:
         server.close()
         remove_socket_file(socket_path, identity)
+        if root is not None:
+            from agent import engine_handle
+
+            engine_handle.close()
         log.info("stopped")
     return status

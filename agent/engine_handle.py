@@ -56,6 +56,10 @@ class _Opener:
             raise AgentError(500, f"the engine failed to start: {self._error}")
         return self._engine
 
+    def close(self) -> None:
+        if self._ready.is_set() and self._engine is not None:
+            self._engine.containers.close()
+
 
 _opener = _Opener()
 
@@ -66,3 +70,8 @@ def start_in_background(**kwargs: object) -> None:
 
 def current() -> Engine:
     return _opener.get()
+
+
+def close() -> None:
+    """Daemon shutdown: finish the engine's background chores (its containers run on)."""
+    _opener.close()

@@ -11,6 +11,7 @@ restarts those the policy says to.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.containers import names, options, rootfs
+from agent.containers.janitor import TRASH_PREFIX, Janitor
 from agent.containers.model import (
     CREATED,
     DEAD,
@@ -128,6 +130,7 @@ class ContainerManager:
         self.on_event = on_event or (lambda *_: None)
         self.prepare = Preparer(self.get, volumes, host_resolv_conf)
         self.device_filters = devices.FilterCache()
+        self.janitor = Janitor()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._containers: dict[str, Container] = {}
@@ -147,6 +150,9 @@ class ContainerManager:
         """Read every container from disk and re-adopt or restart the running ones."""
         for entry in sorted(os.listdir(self.root)):
             directory = os.path.join(self.root, entry)
+            if entry.startswith(TRASH_PREFIX):  # a removal the last run did not finish
+                self.janitor.submit(functools.partial(shutil.rmtree, directory, True))
+                continue
             try:
                 container = Container.load(directory)
             except (OSError, ValueError, TypeError) as error:
@@ -223,7 +229,8 @@ class ContainerManager:
             )
             try:
                 os.makedirs(container.rootfs_dir, mode=0o710)
-                container.save()
+                container.save(durable=False)
+                self.janitor.sync_file(container.record_file)
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
@@ -806,8 +813,9 @@ class ContainerManager:
         with self._lock:
             if container.id not in self._containers:
                 return
+            # not saved: the directory is renamed away next, and a crash before that
+            # leaves the container as it was, which a second `rm` removes
             container.state.status = REMOVING
-            container.save(durable=False)
             del self._containers[container.id]
             self._changed.notify_all()
         for hook in self._take_start_hooks(container.id, shim_up=False):
@@ -828,7 +836,7 @@ class ContainerManager:
         rootfs.unmount(container.merged)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.attach_socket(container))
-        shutil.rmtree(container.directory, ignore_errors=True)
+        self.janitor.delete_tree(container.directory)
 
     def volume_users(self, name: str) -> list[str]:
         with self._lock:
@@ -849,6 +857,7 @@ class ContainerManager:
     def close(self) -> None:
         """Daemon shutdown: containers keep running under their shims."""
         self._closing = True
+        self.janitor.drain()
 
 
 def _seconds_between(start: str, end: str) -> float:

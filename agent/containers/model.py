@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 # Docker's status words (State.Status in inspect)
@@ -93,7 +93,10 @@ class Container:
 
     # --- persistence --------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # shallow: asdict() deep-copies the whole config only for json.dumps to read it
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["state"] = {f.name: getattr(self.state, f.name) for f in fields(self.state)}
+        return record
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Container:
@@ -105,7 +108,7 @@ class Container:
         shim's exit.json can rebuild (an exit, a removal) need not wait."""
         temporary = self.record_file + ".tmp"
         with open(temporary, "w") as handle:
-            json.dump(self.to_json(), handle)
+            handle.write(json.dumps(self.to_json()))  # one write: json.dump writes in pieces
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -110,6 +110,7 @@ class Engine:
     def close(self) -> None:
         for container in self.manager.all():
             self.manager.remove(container.id, force=True, volumes=True)
+        self.manager.janitor.drain()
         if self.hierarchy is not None:
             parent = Path(self.hierarchy.root) / self.cgroup_parent
             if parent.exists():
