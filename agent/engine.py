@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import events
 from agent.containers.manager import ContainerManager
 from agent.errors import AgentError
 from agent.images.archive import load_archive
@@ -45,7 +46,9 @@ def _preload(images: ImageStore, archive: str) -> None:
         return
     with open(archive, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
-    marker = images.root / f".preloaded-{digest[:16]}"
+    # "v2": stores that loaded it before layers kept their tar records (docker save needs
+    # them) load it once more, which adds the records to the layers already there
+    marker = images.root / f".preloaded-v2-{digest[:16]}"
     if marker.exists():
         return
     loaded = load_archive(images, Path(archive))
@@ -88,7 +91,8 @@ def open_engine(
             _preload(images, preload)
         except (OSError, AgentError) as error:
             log.error("could not preload %s: %s", preload, error)
-    volumes = VolumeStore(os.path.join(root, "volumes"))
+    # what happens to volumes and containers goes on the event bus (GET /events)
+    volumes = VolumeStore(os.path.join(root, "volumes"), on_event=events.volume_event)
     mount = cgroups.find_unified_mount()
     hierarchy = cgroups.Hierarchy(mount) if mount is not None else None
     network = _bridge(root) if with_bridge else None
@@ -98,6 +102,7 @@ def open_engine(
         volumes,
         hierarchy,
         network,  # type: ignore[arg-type]
+        on_event=events.container_event,
         run_root=os.path.join(run_root, "containers"),
     )
     holder["containers"] = containers

@@ -43,7 +43,11 @@ if TYPE_CHECKING:
     from vmctl.machine import Machine
 
 HOST_ENV = "VMCTL_HOST"
-VERBS = ("run", "ps", "logs", "exec", "start", "stop", "rm", "inspect", "kill", "restart")
+VERBS: tuple[str, ...] = ("run", "ps", "logs", "exec", "start", "stop", "rm", "inspect")
+VERBS += ("kill", "restart")
+VERBS += ("volume", "info")  # vmctl/system_cli.py
+VERBS += ("cp", "top", "stats")  # vmctl/copy_cli.py
+VERBS += ("images", "rmi", "load", "save", "tag")  # vmctl/images_cli.py
 # docker run's own failures (the engine refused, or the command could not be run)
 EXIT_REFUSED, EXIT_NOT_RUNNABLE, EXIT_NOT_FOUND = 125, 126, 127
 STARTING_WAIT = 600.0
@@ -843,3 +847,15 @@ def add_parsers(top: Any) -> None:
 
     inspect = verb("inspect", cmd_inspect, "show containers' details as JSON")
     inspect.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+    from vmctl import system_cli  # imports this module: registered last
+
+    system_cli.add_parsers(top, parent)
+
+    from vmctl import copy_cli  # imports this module too
+
+    copy_cli.add_parsers(top, parent)
+
+    from vmctl import images_cli  # imports this module too
+
+    images_cli.add_parsers(top, parent)

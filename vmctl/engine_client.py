@@ -11,11 +11,12 @@ the same shapes from vmctl as from docker.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,7 +505,7 @@ class EngineClient:
         for key, value in pairs.items():
             if isinstance(value, bool):
                 pairs[key] = "1" if value else "0"
-        suffix = "?" + urlencode(pairs) if pairs else ""
+        suffix = "?" + urlencode(pairs, doseq=True) if pairs else ""  # lists: names=a&names=b
         return f"/v{self.api_version}{path}{suffix}"
 
     def _open(
@@ -687,6 +688,186 @@ class EngineClient:
             raise VmctlError(f"the engine's exec inspect answer is not an object: {result!r}")
         return result
 
+    # -- volumes and system ---------------------------------------------------------
+
+    def create_volume(
+        self,
+        name: str = "",
+        driver: str = "local",
+        labels: dict[str, str] | None = None,
+        options: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        body = {"Name": name, "Driver": driver, "Labels": labels or {}, "DriverOpts": options or {}}
+        return self._object("POST", "/volumes/create", body=body)
+
+    def list_volumes(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        query = {"filters": json.dumps(filters)} if filters else None
+        result = self._object("GET", "/volumes", query=query)
+        return list(result.get("Volumes") or [])
+
+    def inspect_volume(self, name: str) -> dict[str, Any]:
+        return self._object("GET", f"/volumes/{_ref(name)}")
+
+    def remove_volume(self, name: str, force: bool = False) -> None:
+        self._call("DELETE", f"/volumes/{_ref(name)}", query={"force": force or None})
+
+    def prune_volumes(self, filters: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        query = {"filters": json.dumps(filters)} if filters else None
+        return self._object("POST", "/volumes/prune", query=query, timeout=None)
+
+    def info(self) -> dict[str, Any]:
+        return self._object("GET", "/info")
+
+    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        result = self._json(method, path, **kwargs)
+        if not isinstance(result, dict):
+            raise VmctlError(f"the engine's answer to {method} {path} is not an object")
+        return result
+
+    # -- files and processes of a container (cp, top, stats) ---------------------------
+
+    def stat_path(self, container: str, path: str) -> dict[str, Any]:
+        """docker's ContainerPathStat (name, size, mode as Go's FileMode, mtime,
+        linkTarget) of a path in the container."""
+        archive = f"/containers/{_ref(container)}/archive"
+        exchange = HttpExchange(self._connect(REQUEST_TIMEOUT))
+        try:
+            exchange.send(
+                "HEAD", self._target(archive, {"path": path}), None, {"Connection": "close"}
+            )
+            status, headers = exchange.read_head()
+        except OSError as e:
+            raise self._broken(e) from None
+        finally:
+            exchange.close()
+        if status >= 400:
+            # a HEAD answer has no body: a GET of the same path says what is wrong
+            exchange, _, headers = self._open("GET", archive, {"path": path})
+            exchange.close()
+        return decode_path_stat(headers)
+
+    def get_archive(self, container: str, path: str) -> tuple[dict[str, Any], Iterator[bytes]]:
+        """The path's stat and a tar stream of it."""
+        exchange, status, headers = self._open(
+            "GET", f"/containers/{_ref(container)}/archive", {"path": path}, timeout=None
+        )
+        stat = decode_path_stat(headers)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from exchange.body(status, headers)
+            except OSError as e:
+                raise self._broken(e) from None
+            finally:
+                exchange.close()
+
+        return stat, chunks()
+
+    def put_archive(
+        self,
+        container: str,
+        path: str,
+        write: Callable[[ChunkedWriter], None],
+        copy_uid_gid: bool = False,
+    ) -> None:
+        """Extract a tar into directory ``path`` of the container; ``write`` produces the
+        tar into the (chunked) request body as it goes."""
+        query = {"path": path, "noOverwriteDirNonDir": True, "copyUIDGID": copy_uid_gid or None}
+        target = self._target(f"/containers/{_ref(container)}/archive", query)
+        headers = {
+            "Connection": "close",
+            "Content-Type": "application/x-tar",
+            "Transfer-Encoding": "chunked",
+        }
+        exchange = HttpExchange(self._connect(None))
+        try:
+            exchange.send("PUT", target, None, headers)
+            body = ChunkedWriter(exchange.sock)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                write(body)  # the engine may refuse before the end: its answer says why
+                body.finish()
+            status, response_headers = exchange.read_head()
+            if status >= 400:
+                raise EngineError(status, _error_message(exchange, status, response_headers))
+            exchange.read_body(status, response_headers)
+        except OSError as e:
+            raise self._broken(e) from None
+        finally:
+            exchange.close()
+
+    def top(self, container: str, ps_args: str = "") -> dict[str, Any]:
+        query = {"ps_args": ps_args or None}
+        result = self._json("GET", f"/containers/{_ref(container)}/top", query=query)
+        if not isinstance(result, dict):
+            raise VmctlError(f"the engine's top answer is not an object: {result!r}")
+        return result
+
+    def container_stats(self, container: str) -> dict[str, Any]:
+        """One stats document (with the figures of a second before, for CPU %)."""
+        result = self._json("GET", f"/containers/{_ref(container)}/stats", query={"stream": False})
+        if not isinstance(result, dict):
+            raise VmctlError(f"the engine's stats answer is not an object: {result!r}")
+        return result
+
+    # -- images ---------------------------------------------------------------------
+
+    def list_images(
+        self, all: bool = False, filters: dict[str, list[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"all": all or None, "filters": json.dumps(filters) if filters else None}
+        result = self._json("GET", "/images/json", query=query)
+        return list(result) if isinstance(result, list) else []
+
+    def remove_image(self, image: str, force: bool = False) -> list[dict[str, str]]:
+        """What the engine untagged and deleted: [{"Untagged": …}, {"Deleted": …}, …]."""
+        result = self._json("DELETE", f"/images/{_ref(image)}", query={"force": force or None})
+        return list(result) if isinstance(result, list) else []
+
+    def tag_image(self, image: str, repo: str, tag: str = "") -> None:
+        self._call("POST", f"/images/{_ref(image)}/tag", query={"repo": repo, "tag": tag or None})
+
+    def save_images(self, names: list[str]) -> Iterator[bytes]:
+        """The `docker save` tarball of ``names``, as it streams in."""
+        exchange, status, headers = self._open(
+            "GET", "/images/get", query={"names": names}, timeout=None
+        )
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from exchange.body(status, headers)
+            except OSError as e:
+                raise self._broken(e) from None
+            finally:
+                exchange.close()
+
+        return chunks()
+
+    def load_images(self, source: Any, quiet: bool = True) -> list[dict[str, Any]]:
+        """Send a `docker save` tarball read from ``source`` (a binary file); the engine's
+        JSON messages ({"stream": "Loaded image: …"}). An error message raises."""
+        target = self._target("/images/load", {"quiet": quiet})
+        headers = {
+            "Connection": "close",
+            "Content-Type": "application/x-tar",
+            "Transfer-Encoding": "chunked",
+        }
+        exchange = HttpExchange(self._connect(None))
+        try:
+            exchange.send("POST", target, None, headers)
+            body = ChunkedWriter(exchange.sock)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                while data := source.read(1 << 20):  # the engine may refuse before the end
+                    body.write(data)
+                body.finish()
+            status, response_headers = exchange.read_head()
+            if status >= 400:
+                raise EngineError(status, _error_message(exchange, status, response_headers))
+            return json_messages(exchange.read_body(status, response_headers))
+        except OSError as e:
+            raise self._broken(e) from None
+        finally:
+            exchange.close()
+
     def _hijack(self, path: str, query: dict[str, Any] | None, body: Any) -> Hijacked:
         exchange, status, _ = self._open("POST", path, query, body, timeout=None, upgrade=True)
         if status not in (101, 200):
@@ -696,6 +877,61 @@ class EngineClient:
                 hint=client.AGENT_HINT,
             )
         return Hijacked(exchange.sock, exchange.take_buffered())
+
+
+class ChunkedWriter:
+    """A request body sent in HTTP/1.1 chunks as it is written (a tar being made)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.sock.sendall(b"%x\r\n%b\r\n" % (len(data), data))
+        return len(data)
+
+    def finish(self) -> None:
+        self.sock.sendall(b"0\r\n\r\n")
+
+
+def decode_path_stat(headers: dict[str, str]) -> dict[str, Any]:
+    """The X-Docker-Container-Path-Stat header (base64 JSON) of an archive answer."""
+    raw = headers.get("x-docker-container-path-stat", "")
+    try:
+        value = json.loads(base64.b64decode(raw))
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise VmctlError(
+            "the engine's archive answer has no usable path stat header", hint=client.AGENT_HINT
+        )
+    return value
+
+
+def json_messages(body: bytes) -> list[dict[str, Any]]:
+    """The messages of a JSON progress stream (load, import, pull); its error raises."""
+    messages: list[dict[str, Any]] = []
+    decoder = json.JSONDecoder()
+    text = body.decode(errors="replace")
+    position = 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n":
+            position += 1
+        if position >= len(text):
+            return messages
+        try:
+            message, position = decoder.raw_decode(text, position)
+        except ValueError:
+            raise VmctlError(
+                f"the engine's progress stream is not JSON: {text[position : position + 200]!r}",
+                hint=client.AGENT_HINT,
+            ) from None
+        if isinstance(message, dict):
+            error = message.get("errorDetail") or {}
+            if message.get("error") or (isinstance(error, dict) and error.get("message")):
+                detail = error.get("message") if isinstance(error, dict) else None
+                raise EngineError(200, str(detail or message.get("error")))
+            messages.append(message)
 
 
 def _error_message(exchange: HttpExchange, status: int, headers: dict[str, str]) -> str:

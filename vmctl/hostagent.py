@@ -3,8 +3,9 @@
 It runs QEMU, watches the boot (falling back to tcg when a hardware accelerator fails or
 hangs), connects to the guest's sshd with the pinned host key, serves the engine on
 <machine dir>/engine.sock (each client connection becomes one channel of a single SSH
-transport), and on SIGTERM powers the guest down through QMP. Its progress and outcome
-go to status.json, its log to hostagent.log.
+transport), follows the engine's events (vmctl/guest_events.py; hooks in `event_hooks`),
+and on SIGTERM powers the guest down through QMP. Its progress and outcome go to
+status.json, its log to hostagent.log.
 
 Started as `python -m vmctl.hostagent --dir <machine dir>` by `vmctl machine start`.
 """
@@ -30,6 +31,7 @@ from vmctl.config import MachineConfig, load_config
 from vmctl.console import ConsoleLog
 from vmctl.errors import VmctlError
 from vmctl.forward import UnixSocketForwarder
+from vmctl.guest_events import EventHooks, EventSubscriber
 from vmctl.paths import MachineFiles, Paths
 from vmctl.qemu import BootImage, build_argv, qemu_binary
 from vmctl.status import (
@@ -198,6 +200,9 @@ class HostAgent:
         self.transport_lock = threading.Lock()
         self.forwarder: UnixSocketForwarder | None = None
         self.config: MachineConfig | None = None
+        # the guest engine's events: register here to act on them (e.g. published ports)
+        self.event_hooks = EventHooks()
+        self.events: EventSubscriber | None = None
 
     # -- status ---------------------------------------------------------------------
 
@@ -474,6 +479,8 @@ class HostAgent:
     def serve_engine(self) -> None:
         self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.open_engine_channel)
         self.forwarder.start()
+        self.events = EventSubscriber(self.open_engine_channel, self.event_hooks)
+        self.events.start()
         self.report(RUNNING, ready_at=time.time(), message="")
         log.info("engine served at %s", self.files.engine_socket)
 
@@ -503,6 +510,9 @@ class HostAgent:
     def shutdown(self) -> None:
         if self.status.state in (RUNNING, STARTING):
             self.report(STOPPING)
+        if self.events is not None:
+            self.events.stop()
+            self.events = None
         if self.forwarder is not None:
             self.forwarder.stop()
             self.forwarder = None

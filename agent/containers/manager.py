@@ -22,7 +22,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,6 +140,9 @@ class ContainerManager:
         # before the container's command runs (None when the start failed)
         self._start_hooks: dict[str, list[Callable[[str | None], None]]] = {}
         self._shim_up: set[str] = set()  # containers whose shim's attach socket accepts
+        # readers of a root filesystem (docker cp, export) keep it mounted while they run
+        self._root_pins: dict[str, int] = {}
+        self._starting: set[str] = set()
         self._closing = False
 
     def attach_socket(self, container: Container) -> str:
@@ -309,6 +312,15 @@ class ContainerManager:
         return container
 
     def _start(self, container: Container) -> None:
+        with self._lock:
+            self._starting.add(container.id)
+        try:
+            self._launch(container)
+        finally:
+            with self._lock:
+                self._starting.discard(container.id)
+
+    def _launch(self, container: Container) -> None:
         image = self.images.get(container.image_id)
         host_config = container.host_config
         layers = [str(p) for p in image.layer_dirs]
@@ -449,7 +461,9 @@ class ContainerManager:
                 log.warning("%s: %s", container.id[:12], error)
         if self.network is not None:
             self.network.detach(container.id)
-        rootfs.unmount(container.merged)
+        with self._lock:
+            if not self._root_pins.get(container.id):  # else the last reader unmounts it
+                rootfs.unmount(container.merged)
 
     # --- watching -----------------------------------------------------------------------
     def _watch(
@@ -639,6 +653,7 @@ class ContainerManager:
         if container.state.status == PAUSED:
             self.unpause(container.id)
         self._signal(container, pid, stop_signal)
+        self.on_event("kill", container, {"signal": str(stop_signal)})
         if timeout < 0 or not self.wait_stopped(container, timeout):
             if container.state.running:
                 self._signal(container, pid, signal.SIGKILL)
@@ -664,7 +679,9 @@ class ContainerManager:
         with self._lock:
             if container.state.status == RESTARTING:
                 container.state.status = EXITED
-        return self.start(container.id)
+        self.start(container.id)
+        self.on_event("restart", container, {})
+        return container
 
     def wait(self, ref: str, condition: str = "not-running", timeout: float | None = None) -> int:
         """Docker's wait: block until the condition holds; the exit code."""
@@ -734,7 +751,7 @@ class ContainerManager:
             instance = ExecInstance(secrets.token_hex(32), container.id, dict(body))
             self._execs[instance.id] = instance
             container.exec_ids.append(instance.id)
-        self.on_event("exec_create", container, {"execID": instance.id})
+        self.on_event(_exec_action("exec_create", body), container, {"execID": instance.id})
         return instance
 
     def exec_get(self, exec_id: str) -> ExecInstance:
@@ -778,7 +795,7 @@ class ContainerManager:
             ) from None
         instance.running = True
         instance.pid = handle.pid
-        self.on_event("exec_start", container, {"execID": exec_id})
+        self.on_event(_exec_action("exec_start", instance.config), container, {"execID": exec_id})
         return handle
 
     def exec_finish(self, exec_id: str, handle: nsexec.ExecProcess) -> int:
@@ -809,6 +826,7 @@ class ContainerManager:
                 container.state.stopped_by_user = True
         if container.state.running:
             self._signal(container, container.state.pid, signal.SIGKILL)
+            self.on_event("kill", container, {"signal": str(int(signal.SIGKILL))})
             self.wait_stopped(container, None)
         with self._lock:
             if container.id not in self._containers:
@@ -838,6 +856,83 @@ class ContainerManager:
             os.unlink(self.attach_socket(container))
         self.janitor.delete_tree(container.directory)
 
+    # --- files and resources of a container (cp, export, top, stats, update, rename) ------
+    def cgroup_of(self, container: Container) -> cgroups.Cgroup | None:
+        with self._lock:
+            running = self._running.get(container.id)
+            return running.cgroup if running is not None else None
+
+    @contextlib.contextmanager
+    def root_mounted(self, container: Container) -> Iterator[str]:
+        """Keep the container's root filesystem mounted at ``container.merged`` meanwhile
+        (a stopped container's is mounted for the reader and unmounted after the last)."""
+        with self._lock:
+            if container.id not in self._containers or container.state.status == REMOVING:
+                raise NotFound(f"No such container: {container.id}")
+            if not rootfs.is_mounted(container.merged):
+                layers = [str(p) for p in self.images.get(container.image_id).layer_dirs]
+                nodev = self.hierarchy is None  # as a start mounts it: it may start meanwhile
+                rootfs.mount_overlay(
+                    layers, container.upper, container.work, container.merged, nodev
+                )
+            self._root_pins[container.id] = self._root_pins.get(container.id, 0) + 1
+        try:
+            yield container.merged
+        finally:
+            with self._lock:
+                left = self._root_pins.pop(container.id) - 1
+                if left:
+                    self._root_pins[container.id] = left
+                elif not (container.state.running or container.id in self._starting):
+                    rootfs.unmount(container.merged)
+
+    def rename(self, ref: str, new_name: str) -> Container:
+        container = self.get(ref)
+        name = new_name.lstrip("/")
+        if not name:
+            raise BadRequest("Neither old nor new names may be empty")
+        if not _NAME.match(name):
+            raise BadRequest(
+                f"Error when allocating new name: Invalid container name ({new_name}), only "
+                "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )
+        with self._lock:
+            old = container.name
+            if name == old:
+                raise BadRequest("Renaming a container with the same name as its current name")
+            other = self._name_in_use(name)
+            if other is not None:
+                raise Conflict(
+                    f'Error when allocating new name: Conflict. The container name "/{name}" is '
+                    f'already in use by container "{other.id}". You have to remove (or rename) '
+                    "that container to be able to reuse that name."
+                )
+            container.name = name
+            container.save()
+        self.on_event("rename", container, {"oldName": "/" + old})
+        return container
+
+    def update(self, ref: str, body: Any) -> list[str]:
+        """docker update: new limits (written to a running container's cgroup) and restart
+        policy; the warnings to show."""
+        from agent.containers.update import check_controllers, plan_update, warnings_for
+
+        container = self.get(ref)
+        plan = plan_update(container.host_config, body)
+        check_controllers(plan.requested, self.hierarchy)
+        warnings: list[str] = []
+        with self._lock:
+            if container.state.status == REMOVING:
+                raise Conflict(f"container {container.id[:12]} is marked for removal")
+            running = self._running.get(container.id)
+            if container.state.running and running is not None and running.cgroup is not None:
+                running.cgroup.apply(plan.resources)
+                warnings = warnings_for(plan.resources, running.cgroup)
+            container.host_config = plan.host_config
+            container.save()
+        self.on_event("update", container, {})
+        return warnings
+
     def volume_users(self, name: str) -> list[str]:
         with self._lock:
             return [
@@ -858,6 +953,11 @@ class ContainerManager:
         """Daemon shutdown: containers keep running under their shims."""
         self._closing = True
         self.janitor.drain()
+
+
+def _exec_action(action: str, config: dict[str, Any]) -> str:
+    """dockerd names exec events with the command: "exec_create: sh -c date"."""
+    return f"{action}: {' '.join(str(a) for a in config.get('Cmd') or [])}"
 
 
 def _seconds_between(start: str, end: str) -> float:

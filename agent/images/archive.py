@@ -319,6 +319,11 @@ def _open_tar(store: ImageStore, source: BinaryIO | Path) -> Iterator[tarfile.Ta
             with tarfile.open(fileobj=spool, mode="r:*") as tar:
                 yield tar
     except tarfile.TarError as exc:
+        if "could not be opened successfully" in str(exc):  # r:* tried every format
+            raise ArchiveError(
+                "not a valid image archive: it is not a tar file (nor a gzip, bzip2 or xz "
+                "compressed one)"
+            ) from None
         raise ArchiveError(f"not a valid image archive (tar): {exc}") from None
 
 

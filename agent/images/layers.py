@@ -9,6 +9,10 @@ config without reading the layer twice.
 
 OCI whiteouts become overlayfs markers: ``.wh.<name>`` a 0/0 character device ``<name>``,
 ``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr on its directory. Both need root.
+
+With a :class:`~agent.images.tarsplit.SplitRecorder`, the tar's headers are recorded too, and
+a file the tar replaces later is moved aside rather than deleted, so `docker save` can write
+the very same tar again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from agent.errors import AgentError
+from agent.images.tarsplit import SplitRecorder
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -123,10 +128,12 @@ def _is_root() -> bool:
 class _Extractor:
     """Extracts members into the directory open at ``root_fd``, never leaving it."""
 
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, split: SplitRecorder | None = None) -> None:
         self.root_fd = root_fd
         self.root = _is_root()
         self.size = 0
+        self.recorder = split
+        self.parent_path = ""  # the current entry's directory in the layer ("" at the top)
         # Directory modes and times are applied last: children would change the mtimes,
         # and a read-only mode would stop us creating them.
         self.pending_dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
@@ -181,9 +188,42 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
+            self.rescue_tree(name)
             shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows symlinks
-        else:
+        elif not self.rescue_file(parent, name):
             os.unlink(name, dir_fd=parent)
+
+    def _path(self, name: str) -> str:
+        return f"{self.parent_path}/{name}" if self.parent_path else name
+
+    def rescue_file(self, parent: int, name: str) -> bool:
+        """Move a file whose content the tar record refers to out of the way; True if moved."""
+        if self.recorder is None:
+            return False
+        rescued = self.recorder.rescue_name(self._path(name))
+        if rescued is None:
+            return False
+        os.rename(name, rescued, src_dir_fd=parent, dst_dir_fd=self.recorder.rescue_dir_fd())
+        return True
+
+    def rescue_tree(self, name: str) -> None:
+        """Before a directory goes, move out the recorded files inside it."""
+        if self.recorder is None:
+            return
+        for path in self.recorder.under(self._path(name)):
+            parts = tuple(path.split("/"))
+            try:
+                with self.parent_fd(path, parts, create=False) as parent:
+                    rescued = self.recorder.rescue_name(path)
+                    if rescued is not None:
+                        os.rename(
+                            parts[-1],
+                            rescued,
+                            src_dir_fd=parent,
+                            dst_dir_fd=self.recorder.rescue_dir_fd(),
+                        )
+            except (OSError, LayerError):
+                continue  # unreachable already; `docker save` will say which file is missing
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -221,6 +261,7 @@ class _Extractor:
         if not parts:
             return  # the layer root itself: dest keeps its own metadata
         base = parts[-1]
+        self.parent_path = "/".join(parts[:-1])
         with self.parent_fd(entry, parts, create=True) as parent:
             if base == OPAQUE_MARKER:
                 self.opaque(entry, parent)
@@ -274,6 +315,8 @@ class _Extractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, 0o600, dir_fd=parent)
         try:
+            if self.recorder is not None and not member.issparse():
+                self.recorder.begin_file(self._path(base), member)
             source = tar.extractfile(member)
             if source is not None:
                 while chunk := source.read(_CHUNK):
@@ -377,11 +420,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def extract_layer(stream: BinaryIO, dest: Path) -> LayerInfo:
+def extract_layer(stream: BinaryIO, dest: Path, split: SplitRecorder | None = None) -> LayerInfo:
     """Extract the layer tar read from ``stream`` into the new directory ``dest``.
 
     Accepts plain, gzip (and xz/bzip2) tars. Raises LayerError naming the offending entry
-    for anything unsafe; on any error ``dest`` is removed again.
+    for anything unsafe; on any error ``dest`` is removed again. With ``split``, the tar's
+    headers are recorded (the caller calls its ``finish`` once this returns).
     """
     try:
         os.mkdir(dest, 0o755)
@@ -395,7 +439,7 @@ def extract_layer(stream: BinaryIO, dest: Path) -> LayerInfo:
     except OSError as exc:
         raise LayerError(f"cannot open layer directory {dest}: {exc.strerror}") from None
     try:
-        info = _extract(stream, root_fd)
+        info = _extract(stream, root_fd, split)
     except BaseException as exc:
         os.close(root_fd)
         shutil.rmtree(dest, ignore_errors=True)
@@ -418,13 +462,16 @@ def _stream_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def _extract(stream: BinaryIO, root_fd: int) -> LayerInfo:
-    plain = _Reader(_decompressed(stream), digest=True)
-    extractor = _Extractor(root_fd)
+def _extract(stream: BinaryIO, root_fd: int, split: SplitRecorder | None) -> LayerInfo:
+    source = _decompressed(stream)
+    plain = _Reader(split.wrap(source) if split is not None else source, digest=True)
+    extractor = _Extractor(root_fd, split)
     member: tarfile.TarInfo | None = None
     try:
         with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
             while (member := tar.next()) is not None:
+                if split is not None:
+                    split.at_member(member)
                 try:
                     extractor.extract(tar, member)
                 except OSError as exc:

@@ -3,7 +3,8 @@
 Layout under ``root``::
 
     layers/<chain id hex>/diff/        the layer's files, whiteouts as overlay markers
-    layers/<chain id hex>/meta.json    {"diff_id", "chain_id", "parent", "size"}
+    layers/<chain id hex>/meta.json    {"diff_id", "chain_id", "parent", "size", "tar_size"}
+    layers/<chain id hex>/tar-split.gz the layer tar's headers, to write it back (tarsplit)
     configs/<image id hex>.json        the image config, byte for byte (id = its sha256)
     repositories.json                  {"tags": {"docker.io/library/busybox:latest": id},
                                         "digests": {...}}
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from agent.errors import AgentError, BadRequest, Conflict, NotFound
-from agent.images.layers import LayerError, extract_layer
+from agent.images import tarsplit
+from agent.images.layers import LayerError, LayerInfo, extract_layer
 from agent.images.reference import InvalidReference, Reference, familiar, parse
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,27 @@ class ImageStore:
     def _chains_of(self, image_id: str) -> list[str]:
         return chain_ids(_diff_ids(self._config(image_id)))
 
+    def layer_dir(self, chain: str) -> Path:
+        """The directory of one stored layer (``diff/``, ``meta.json``, its tar record)."""
+        return self.layers_dir / _hex(chain)
+
+    def layer_meta(self, chain: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.layer_dir(chain) / "meta.json").read_bytes())
+        except FileNotFoundError:
+            raise ImageNotFound(f"layer {chain}") from None
+        return data if isinstance(data, dict) else {}
+
+    def layer_tar_size(self, chain: str) -> int:
+        """Bytes of the layer's tar as loaded (what `docker save` writes for it)."""
+        size = self.layer_meta(chain).get("tar_size")
+        return size if isinstance(size, int) else tarsplit.tar_size(self.layer_dir(chain))
+
+    def tags(self) -> dict[str, str]:
+        """Every tag (normalized, e.g. "docker.io/library/busybox:latest") and its image id."""
+        with self._lock:
+            return dict(self._tags)
+
     def config_bytes(self, image_id: str) -> bytes:
         """The config exactly as loaded (what `docker save` must write back)."""
         return (self.configs_dir / f"{_hex(image_id)}.json").read_bytes()
@@ -213,10 +236,11 @@ class ImageStore:
         staged: dict[str, Path] = {}  # chain id -> its extracted layer under tmp/
         try:
             # Layers found present are checked again under the lock: a concurrent delete
-            # may have removed one meanwhile, and then it is extracted after all.
+            # may have removed one meanwhile, and then it is extracted after all. A layer
+            # stored without a tar record (an older agent) is extracted again for its record.
             for _ in range(3):
                 for index, (diff_id, chain) in enumerate(zip(diff_ids, chains, strict=True)):
-                    if chain in staged or self._has_layer(chain):
+                    if chain in staged or self._has_complete_layer(chain):
                         continue
                     parent = chains[index - 1] if index else ""
                     staged[chain] = self._stage_layer(open_layer, index, diff_id, chain, parent)
@@ -236,24 +260,64 @@ class ImageStore:
     def _has_layer(self, chain: str) -> bool:
         return (self.layers_dir / _hex(chain) / "meta.json").exists()
 
+    def _has_complete_layer(self, chain: str) -> bool:
+        return self._has_layer(chain) and tarsplit.has_record(self.layers_dir / _hex(chain))
+
     def _commit(self, staged: dict[str, Path]) -> None:
         """Rename extracted layers into place. Caller holds the lock."""
         for chain, stage in staged.items():
             target = self.layers_dir / _hex(chain)
             if self._has_layer(chain):
-                continue  # a concurrent load stored the same layer first
+                # A concurrent load stored the same layer first, or it lacked its tar record:
+                # the same DiffID means the same tar, so the staged record fits its files.
+                if not tarsplit.has_record(target):
+                    self._adopt_record(stage, target)
+                continue
             if target.exists():
                 self._discard(target)  # not complete, so not ours: layers appear whole
             os.rename(stage, target)
 
+    def _adopt_record(self, stage: Path, target: Path) -> None:
+        rescued = stage / tarsplit.RESCUED
+        if rescued.exists():
+            os.rename(rescued, target / tarsplit.RESCUED)
+        meta_file = target / "meta.json"
+        meta = json.loads(meta_file.read_bytes())
+        meta["tar_size"] = json.loads((stage / "meta.json").read_bytes())["tar_size"]
+        os.rename(stage / tarsplit.RECORD, target / tarsplit.RECORD)
+        _atomic_write(meta_file, json.dumps(meta, sort_keys=True).encode())
+
+    def _extract_to_stage(self, stream: BinaryIO) -> tuple[Path, LayerInfo, int]:
+        """Extract one layer under tmp/, recording its tar: (stage, info, tar size)."""
+        stage = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        recorder = tarsplit.SplitRecorder(stage)
+        try:
+            info = extract_layer(stream, stage / "diff", split=recorder)
+            return stage, info, recorder.finish()
+        except BaseException:
+            recorder.close()
+            _remove(stage)
+            raise
+
+    @staticmethod
+    def _write_meta(stage: Path, info: LayerInfo, chain: str, parent: str, tar_size: int) -> None:
+        meta = {
+            "diff_id": info.diff_id,
+            "chain_id": chain,
+            "parent": parent,
+            "size": info.size,
+            "tar_size": tar_size,
+        }
+        (stage / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+
     def _stage_layer(
         self, open_layer: LayerOpener, index: int, diff_id: str, chain: str, parent: str
     ) -> Path:
-        stage = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        stage: Path | None = None
         try:
             stream = open_layer(index)
             try:
-                info = extract_layer(stream, stage / "diff")
+                stage, info, tar_size = self._extract_to_stage(stream)
                 while stream.read(1 << 20):  # to the end, so a digest check sees it all
                     pass
             finally:
@@ -264,17 +328,51 @@ class ImageStore:
                     f"DiffID {info.diff_id}, the config expects {diff_id}; the image is "
                     "corrupt or was modified"
                 )
-            meta = {"diff_id": diff_id, "chain_id": chain, "parent": parent, "size": info.size}
-            (stage / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+            self._write_meta(stage, info, chain, parent, tar_size)
         except LayerError as exc:
-            _remove(stage)
+            if stage is not None:
+                _remove(stage)
             if exc.message.startswith(f"layer {index + 1} "):
                 raise
             raise LayerError(f"layer {index + 1} ({diff_id}): {exc.message}") from None
         except BaseException:
-            _remove(stage)
+            if stage is not None:
+                _remove(stage)
             raise
         return stage
+
+    def add_layer_image(
+        self, layer: BinaryIO, make_config: Callable[[str], bytes], parent_chain: str = ""
+    ) -> Image:
+        """Store a new top layer read from ``layer`` (a tar, maybe compressed) and an image.
+
+        ``make_config(diff_id)`` gets the new layer's DiffID once it is extracted and returns
+        the config, whose ``rootfs.diff_ids`` must be the parent stack's plus that one. This
+        is how `docker import` (and commits) make images; the stream is not closed.
+        """
+        stage, info, tar_size = self._extract_to_stage(layer)
+        try:
+            chain = chain_ids([parent_chain, info.diff_id])[1] if parent_chain else info.diff_id
+            self._write_meta(stage, info, chain, parent_chain, tar_size)
+            config_bytes = make_config(info.diff_id)
+            try:
+                config = json.loads(config_bytes)
+            except ValueError as exc:
+                raise InvalidImage(f"image config is not valid JSON: {exc}") from None
+            chains = chain_ids(_diff_ids(config if isinstance(config, dict) else {}))
+            if not chains or chains[-1] != chain:
+                raise InvalidImage("the new image config does not end with the new layer")
+            image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+            with self._lock:
+                missing = [c for c in chains[:-1] if not self._has_layer(c)]
+                if missing:
+                    raise ImageNotFound(f"layer {missing[0]} (removed meanwhile)")
+                self._commit({chain: stage})
+                _atomic_write(self.configs_dir / f"{_hex(image_id)}.json", config_bytes)
+        finally:
+            if stage.exists():
+                _remove(stage)
+        return self._image(image_id)
 
     # --- lookup -----------------------------------------------------------------------
 

@@ -204,7 +204,7 @@ def make_router() -> Router:
     router.add("GET", "/test/boom", boom)
     router.add("GET", "/test/conflict", conflict)
     router.add("GET", "/test/things/{id}/json", inspect_params)
-    router.add("GET", "/images/{name:.+}/json", inspect_params)
+    router.add("GET", "/test/images/{name:.+}/json", inspect_params)  # /images/… is real
     router.add("POST", "/test/wait-gone", wait_until_gone)
     router.add("GET", "/test/fail-mid-stream", fail_mid_stream)
     router.add("GET", "/test/nothing", say_nothing)
@@ -358,7 +358,7 @@ def test_path_params_and_query(client: Client) -> None:
         "filters": '{"label":["x=y"]}',
         "version": "1.44",
     }
-    image = client.request("GET", "/images/docker.io/library/busybox:latest/json").json()
+    image = client.request("GET", "/test/images/docker.io/library/busybox:latest/json").json()
     assert image["params"] == {"name": "docker.io/library/busybox:latest"}
 
 

@@ -135,7 +135,9 @@ def test_load_stores_layers_config_and_metadata(store: ImageStore) -> None:
         "chain_id": image.chain_ids[1],
         "parent": image.chain_ids[0],
         "size": len(b"main program"),
+        "tar_size": len(TOP),
     }
+    assert (image.layer_dirs[1].parent / "tar-split.gz").is_file()
     assert image.size == len(b"base\n") + len(b"tool") + len(b"main program")
     assert image.created == "2024-01-01T00:00:00Z"
     assert image.repo_tags == []
