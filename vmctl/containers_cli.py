@@ -38,6 +38,7 @@ from vmctl.engine_client import (
 )
 from vmctl.errors import VmctlError
 from vmctl.paths import DEFAULT_MACHINE, Paths
+from vmctl.verbs import verb_adder
 
 if TYPE_CHECKING:
     from vmctl.machine import Machine
@@ -769,12 +770,7 @@ def add_parsers(top: Any) -> None:
     """Register the container verbs on the top-level subparsers of `vmctl`."""
     parent = connection_options()
 
-    def verb(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = top.add_parser(
-            name, help=help, description=help, parents=[parent], allow_abbrev=False
-        )
-        p.set_defaults(func=func)
-        return p
+    verb = verb_adder(top, parent)
 
     run = verb("run", cmd_run, "create and run a container (like docker run)")
     run.add_argument("-d", "--detach", action="store_true", help="run in the background")

@@ -24,6 +24,7 @@ from vmctl.containers_cli import engine_for, with_hint
 from vmctl.engine_client import ChunkedWriter, EngineClient, EngineError
 from vmctl.errors import VmctlError
 from vmctl.paths import Paths
+from vmctl.verbs import verb_adder
 
 GO_DIR = 1 << 31  # Go's os.ModeDir, in the path stat's mode
 GO_SYMLINK = 1 << 27
@@ -377,12 +378,7 @@ def cmd_stats(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def add_parsers(top: Any, parent: argparse.ArgumentParser) -> None:
-    def verb(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = top.add_parser(
-            name, help=help, description=help, parents=[parent], allow_abbrev=False
-        )
-        p.set_defaults(func=func)
-        return p
+    verb = verb_adder(top, parent)
 
     cp = verb("cp", cmd_cp, "copy files between a container and this machine (like docker cp)")
     cp.add_argument("-L", "--follow-link", action="store_true", help="follow a symlink source")

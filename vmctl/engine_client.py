@@ -773,7 +773,16 @@ class EngineClient:
         """Extract a tar into directory ``path`` of the container; ``write`` produces the
         tar into the (chunked) request body as it goes."""
         query = {"path": path, "noOverwriteDirNonDir": True, "copyUIDGID": copy_uid_gid or None}
-        target = self._target(f"/containers/{_ref(container)}/archive", query)
+        self._upload_tar("PUT", f"/containers/{_ref(container)}/archive", query, write)
+
+    def _upload_tar(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any],
+        write: Callable[[ChunkedWriter], None],
+    ) -> bytes:
+        """Send a tar that ``write`` produces as a chunked body; the answer's body."""
         headers = {
             "Connection": "close",
             "Content-Type": "application/x-tar",
@@ -781,7 +790,7 @@ class EngineClient:
         }
         exchange = HttpExchange(self._connect(None))
         try:
-            exchange.send("PUT", target, None, headers)
+            exchange.send(method, self._target(path, query), None, headers)
             body = ChunkedWriter(exchange.sock)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 write(body)  # the engine may refuse before the end: its answer says why
@@ -789,7 +798,7 @@ class EngineClient:
             status, response_headers = exchange.read_head()
             if status >= 400:
                 raise EngineError(status, _error_message(exchange, status, response_headers))
-            exchange.read_body(status, response_headers)
+            return exchange.read_body(status, response_headers)
         except OSError as e:
             raise self._broken(e) from None
         finally:
@@ -845,28 +854,12 @@ class EngineClient:
     def load_images(self, source: Any, quiet: bool = True) -> list[dict[str, Any]]:
         """Send a `docker save` tarball read from ``source`` (a binary file); the engine's
         JSON messages ({"stream": "Loaded image: …"}). An error message raises."""
-        target = self._target("/images/load", {"quiet": quiet})
-        headers = {
-            "Connection": "close",
-            "Content-Type": "application/x-tar",
-            "Transfer-Encoding": "chunked",
-        }
-        exchange = HttpExchange(self._connect(None))
-        try:
-            exchange.send("POST", target, None, headers)
-            body = ChunkedWriter(exchange.sock)
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                while data := source.read(1 << 20):  # the engine may refuse before the end
-                    body.write(data)
-                body.finish()
-            status, response_headers = exchange.read_head()
-            if status >= 400:
-                raise EngineError(status, _error_message(exchange, status, response_headers))
-            return json_messages(exchange.read_body(status, response_headers))
-        except OSError as e:
-            raise self._broken(e) from None
-        finally:
-            exchange.close()
+
+        def write(body: ChunkedWriter) -> None:
+            while data := source.read(1 << 20):
+                body.write(data)
+
+        return json_messages(self._upload_tar("POST", "/images/load", {"quiet": quiet}, write))
 
     def _hijack(self, path: str, query: dict[str, Any] | None, body: Any) -> Hijacked:
         exchange, status, _ = self._open("POST", path, query, body, timeout=None, upgrade=True)

@@ -23,6 +23,7 @@ from vmctl.containers_cli import engine_for, report, with_hint
 from vmctl.engine_client import EngineError
 from vmctl.errors import VmctlError
 from vmctl.paths import Paths
+from vmctl.verbs import verb_adder
 
 VERBS = ("images", "rmi", "load", "save", "tag")
 IMAGE_COLUMNS = (
@@ -224,12 +225,7 @@ def cmd_load(paths: Paths, args: argparse.Namespace) -> int:
 def add_parsers(top: Any, parent: argparse.ArgumentParser) -> None:
     """Register the image verbs on vmctl's subparsers (``parent``: the engine options)."""
 
-    def verb(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = top.add_parser(
-            name, help=help, description=help, parents=[parent], allow_abbrev=False
-        )
-        p.set_defaults(func=func)
-        return p
+    verb = verb_adder(top, parent)
 
     images = verb("images", cmd_images, "list images (like docker images)")
     images.add_argument("-a", "--all", action="store_true", help="also intermediate images")
