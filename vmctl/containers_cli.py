@@ -732,14 +732,19 @@ def cmd_rm(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_inspect(paths: Paths, args: argparse.Namespace) -> int:
     engine = engine_for(paths, args)
+    return inspect_each(args.containers, engine.inspect_container, "container")
+
+
+def inspect_each(names: list[str], fetch: Callable[[str], Any], kind: str) -> int:
+    """docker inspect's output: one JSON array of what was found; 1 if any was missing."""
     found, failed = [], False
-    for name in args.containers:
+    for name in names:
         try:
-            found.append(engine.inspect_container(name))
+            found.append(fetch(name))
         except EngineError as e:
             if e.status != 404:
                 raise with_hint(e) from None
-            print(f"error: no such container: {name}", file=sys.stderr)
+            print(f"error: no such {kind}: {name}", file=sys.stderr)
             failed = True
     print(json.dumps(found, indent=4, ensure_ascii=False))
     return 1 if failed else 0

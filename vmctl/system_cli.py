@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from vmctl.containers_cli import engine_for, report, with_hint
+from vmctl.containers_cli import engine_for, inspect_each, report, with_hint
 from vmctl.engine_client import EngineError
 from vmctl.errors import VmctlError
 from vmctl.paths import Paths
@@ -125,17 +125,7 @@ def cmd_volume_ls(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_volume_inspect(paths: Paths, args: argparse.Namespace) -> int:
     engine = engine_for(paths, args)
-    found, failed = [], False
-    for name in args.volumes:
-        try:
-            found.append(engine.inspect_volume(name))
-        except EngineError as e:
-            if e.status != 404:
-                raise with_hint(e) from None
-            print(f"error: no such volume: {name}", file=sys.stderr)
-            failed = True
-    print(json.dumps(found, indent=4, ensure_ascii=False))
-    return 1 if failed else 0
+    return inspect_each(args.volumes, engine.inspect_volume, "volume")
 
 
 def cmd_volume_rm(paths: Paths, args: argparse.Namespace) -> int:
