@@ -270,3 +270,89 @@ class SdkSuite:
         fetched.remove()
         assert name not in [c.name for c in client.containers.list(all=True)]
         client.close()
+
+
+class SdkImagesSuite(SdkSuite):
+    def test_images_and_volumes(self, dk: DockerCLI) -> None:
+        client = self.client(dk)
+        assert "busybox:latest" in [t for image in client.images.list() for t in image.tags]
+        image = client.images.get("busybox")
+        archive = b"".join(image.save())
+        loaded = client.images.load(archive)
+        assert [i.id for i in loaded] == [image.id]
+        name = dk.name("sdkvol")
+        dk.volumes.append(name)
+        volume = client.volumes.create(name, labels={"suite": "sdk"})
+        assert name in [v.name for v in client.volumes.list(filters={"label": "suite=sdk"})]
+        volume.remove()
+        assert name not in [v.name for v in client.volumes.list()]
+        client.close()
+
+
+class ToolsSuite:
+    """cp, stats, top, events, volumes, save/load, export/import, system df."""
+
+    def test_cp_both_ways(self, dk: DockerCLI, tmp_path: Path) -> None:
+        name = dk.name("cp")
+        dk.ok("run", "-d", "--name", name, "busybox", "sleep", "600")
+        source = tmp_path / "in.txt"
+        source.write_text("from the host\n")
+        dk.ok("cp", str(source), f"{name}:/tmp/in.txt")
+        assert dk.ok("exec", name, "cat", "/tmp/in.txt") == "from the host\n"
+        dk.ok("exec", name, "sh", "-c", "mkdir /out && echo back > /out/file")
+        dk.ok("cp", f"{name}:/out", str(tmp_path / "out"))
+        assert (tmp_path / "out" / "file").read_text() == "back\n"
+
+    def test_stats_top_and_events(self, dk: DockerCLI) -> None:
+        name = dk.name("stats")
+        since = str(int(time.time()) - 1)
+        dk.ok("run", "-d", "--name", name, "busybox", "sleep", "600")
+        stats = dk.ok("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", name)
+        assert stats.split() == [name, "1"], stats
+        top = dk.ok("top", name)
+        assert "sleep 600" in top and top.startswith("UID"), top
+        dk.ok("stop", "-t", "1", name)
+        events = dk.ok(
+            "events",
+            "--since",
+            since,
+            "--until",
+            str(int(time.time()) + 1),
+            "--filter",
+            f"container={name}",
+            "--format",
+            "{{.Action}}",
+        )
+        actions = events.split()
+        for action in ("create", "start", "die", "stop"):
+            assert action in actions, actions
+
+    def test_volume_persists_across_containers(self, dk: DockerCLI) -> None:
+        volume = dk.name("vol")
+        dk.volumes.append(volume)
+        dk.ok("volume", "create", volume)
+        assert volume in dk.ok("volume", "ls", "--format", "{{.Name}}").split()
+        dk.ok("run", "--rm", "-v", f"{volume}:/data", "busybox", "sh", "-c", "echo kept > /data/f")
+        assert (
+            dk.ok("run", "--rm", "-v", f"{volume}:/data", "busybox", "cat", "/data/f") == "kept\n"
+        )
+        dk.ok("volume", "rm", volume)
+        assert volume not in dk.ok("volume", "ls", "--format", "{{.Name}}").split()
+
+    def test_save_load_export_import_and_df(self, dk: DockerCLI) -> None:
+        tag = f"t-saved-{uuid.uuid4().hex[:8]}:1"
+        dk.images.append(tag)
+        dk.ok("tag", "busybox", tag)
+        archive = dk.raw("save", tag)
+        dk.ok("rmi", tag)
+        loaded = dk.raw("load", stdin=archive).decode()
+        assert f"Loaded image: {tag}" in loaded, loaded
+        name = dk.name("export")
+        dk.ok("run", "--name", name, "busybox", "sh", "-c", "echo mine > /marker")
+        tarball = dk.raw("export", name)
+        imported = f"t-imported-{uuid.uuid4().hex[:8]}:1"
+        dk.images.append(imported)
+        dk.raw("import", "-", imported, stdin=tarball)
+        assert dk.ok("run", "--rm", imported, "/bin/cat", "/marker") == "mine\n"
+        df = dk.ok("system", "df")
+        assert df.startswith("TYPE") and "Images" in df and "Containers" in df, df

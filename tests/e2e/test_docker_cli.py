@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.docker_suite import ContainerSuite, DockerCLI, SdkSuite
+from tests.docker_suite import ContainerSuite, DockerCLI, SdkImagesSuite, ToolsSuite
 from tests.e2e.conftest import VM
 
 pytestmark = pytest.mark.e2e
@@ -27,5 +27,9 @@ class TestContainers(ContainerSuite):
     pass
 
 
-class TestSdk(SdkSuite):
+class TestSdk(SdkImagesSuite):
+    pass
+
+
+class TestTools(ToolsSuite):
     pass

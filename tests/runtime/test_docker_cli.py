@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.docker_suite import ContainerSuite, DockerCLI, SdkSuite
+from tests.docker_suite import ContainerSuite, DockerCLI, SdkImagesSuite, ToolsSuite
 from tests.runtime.conftest import NativeAgent
 
 pytestmark = pytest.mark.runtime
@@ -27,5 +27,9 @@ class TestContainers(ContainerSuite):
     pass
 
 
-class TestSdk(SdkSuite):
+class TestSdk(SdkImagesSuite):
+    pass
+
+
+class TestTools(ToolsSuite):
     pass
