@@ -192,16 +192,17 @@ def _wait_ready(client: EngineClient, process: subprocess.Popen[bytes], log: Pat
 
 
 @pytest.fixture(scope="module")
-def agent(busybox_tarball: bytes) -> Iterator[NativeAgent]:
+def agent() -> Iterator[NativeAgent]:
+    """`vmctl engine serve` (the agent, busybox preloaded from the host's busybox-static)
+    in a private network namespace, so its default bridge lives and dies with it."""
+    _needs_root()
     root = tempfile.mkdtemp(prefix="vmctl-verbs-", dir="/var/tmp")
     short = tempfile.mkdtemp(prefix="vv")  # socket and run root: unix paths are short
     home = tempfile.mkdtemp(prefix="vmctl-home-")
-    tarball = Path(short) / "busybox.tar"
-    tarball.write_bytes(busybox_tarball)
     sock = Path(short) / "engine.sock"
     log = Path(short) / "agent.log"
-    argv = ["unshare", "-n", sys.executable, "-m", "agent", "--socket", str(sock)]
-    argv += ["--root", root, "--run-root", f"{short}/run", "--preload", str(tarball)]
+    argv = ["unshare", "-n", sys.executable, "-m", "vmctl.cli", "engine", "serve"]
+    argv += ["--socket", str(sock), "--root", root, "--run-root", f"{short}/run"]
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     client = EngineClient(sock)
