@@ -8,6 +8,7 @@ serve` runs it) and through a VM (tests/e2e), each subclass providing the `dk` f
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pty
@@ -120,6 +121,16 @@ def wait_until(predicate: Any, what: str, timeout: float = 60.0) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def _unix(timestamp: str) -> int:
+    """Whole seconds since the epoch of an RFC 3339 time the engine reported."""
+    whole = timestamp[:19]
+    return int(
+        datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )
 
 
 class ContainerSuite:
@@ -305,19 +316,22 @@ class ToolsSuite:
 
     def test_stats_top_and_events(self, dk: DockerCLI) -> None:
         name = dk.name("stats")
-        since = str(int(time.time()) - 1)
         dk.ok("run", "-d", "--name", name, "busybox", "sleep", "600")
         stats = dk.ok("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", name)
         assert stats.split() == [name, "1"], stats
         top = dk.ok("top", name)
         assert "sleep 600" in top and top.startswith("UID"), top
         dk.ok("stop", "-t", "1", name)
+        # the engine's clock, not ours: a VM's may run a little ahead or behind the host's
+        state = dk.inspect(name)
+        since = str(_unix(state["Created"]) - 1)
+        until = str(_unix(state["State"]["FinishedAt"]) + 2)
         events = dk.ok(
             "events",
             "--since",
             since,
             "--until",
-            str(int(time.time()) + 1),
+            until,
             "--filter",
             f"container={name}",
             "--format",

@@ -42,9 +42,18 @@ def _tar_body(ctx: object, value: object) -> bytes:
 
 
 # The spec is the team's shared reference beside the checkout (not part of the project).
-SPEC = Path(
-    os.environ.get("VMCTL_ENGINE_SPEC")
-    or Path(__file__).resolve().parents[3] / "shared" / "specs" / "engine-api-v1.50.yaml"
+_SPEC_NAME = "shared/specs/engine-api-v1.50.yaml"
+SPEC = next(
+    (
+        Path(p)
+        for p in (
+            os.environ.get("VMCTL_ENGINE_SPEC", ""),
+            Path(__file__).resolve().parents[3] / _SPEC_NAME,
+            Path("/work") / _SPEC_NAME,
+        )
+        if p and Path(p).is_file()
+    ),
+    Path(__file__).resolve().parents[3] / _SPEC_NAME,
 )
 EXAMPLES = 12  # generated requests per operation
 TIMEOUT = 30.0  # seconds an answer may take before the connection counts as hung
