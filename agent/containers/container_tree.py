@@ -13,7 +13,6 @@ exist only as its record says). For a running container the tree is
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import os
 import posixpath
@@ -22,8 +21,7 @@ import time
 from dataclasses import dataclass
 
 from agent.errors import AgentError, BadRequest, NotFound
-
-_MAX_LINKS = 40  # the kernel's own limit on symlink hops
+from agent.runtime import rootpath
 
 # Go's os.FileMode bits: docker's path stat header carries them, not st_mode
 GO_DIR = 1 << 31
@@ -137,32 +135,13 @@ class ContainerTree:
     def resolve(self, path: str, follow_last: bool = True) -> str:
         """The container path ``path`` names with every symlink resolved inside the tree
         (the last component only with ``follow_last``); missing tails are kept as they are."""
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        resolved: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = "/" + "/".join([*resolved, part])
-            try:
-                info = self.lstat(candidate)
-            except (FileNotFoundError, NotADirectoryError):
-                resolved.append(part)
-                continue
-            if stat.S_ISLNK(info.st_mode) and (parts or follow_last):
-                hops += 1
-                if hops > _MAX_LINKS:
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-                target = os.readlink(self.host_path(candidate))
-                if target.startswith("/"):
-                    resolved = []
-                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-                continue
-            resolved.append(part)
-        return "/" + "/".join(resolved)
+        return rootpath.resolve(
+            path,
+            self.lstat,
+            lambda cpath: os.readlink(self.host_path(cpath)),
+            follow_last,
+            missing=(FileNotFoundError, NotADirectoryError),
+        )
 
     def locate(self, path: str) -> tuple[str, str]:
         """What an archive request names: (resolved container path, its base name).

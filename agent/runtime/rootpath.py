@@ -12,6 +12,7 @@ import errno
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 
 _MAX_LINKS = 40  # the kernel's own limit on symlink hops
 
@@ -19,6 +20,20 @@ _MAX_LINKS = 40  # the kernel's own limit on symlink hops
 def secure_join(root: str, path: str) -> str:
     """The host path of ``path`` as seen inside ``root``; missing tails are kept as is."""
     root = os.path.abspath(root)
+    inside = resolve(path, lambda p: os.lstat(root + p), lambda p: os.readlink(root + p))
+    return os.path.join(root, *inside.split("/")[1:]) if inside != "/" else root
+
+
+def resolve(
+    path: str,
+    lstat: Callable[[str], os.stat_result],
+    readlink: Callable[[str], str],
+    follow_last: bool = True,
+    missing: tuple[type[OSError], ...] = (FileNotFoundError,),
+) -> str:
+    """``path`` with every symlink resolved inside a tree seen through ``lstat`` and
+    ``readlink`` (both given absolute paths of the tree), as "/a/b"; the last component is
+    followed only with ``follow_last``; a tail that is ``missing`` is kept as it is."""
     parts = [p for p in path.split("/") if p not in ("", ".")]
     resolved: list[str] = []
     hops = 0
@@ -28,23 +43,23 @@ def secure_join(root: str, path: str) -> str:
             if resolved:
                 resolved.pop()
             continue
-        candidate = os.path.join(root, *resolved, part)
+        candidate = "/" + "/".join([*resolved, part])
         try:
-            info = os.lstat(candidate)
-        except FileNotFoundError:
+            info = lstat(candidate)
+        except missing:
             resolved.append(part)
             continue
-        if stat.S_ISLNK(info.st_mode):
+        if stat.S_ISLNK(info.st_mode) and (parts or follow_last):
             hops += 1
             if hops > _MAX_LINKS:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-            target = os.readlink(candidate)
+            target = readlink(candidate)
             if target.startswith("/"):
                 resolved = []
             parts = [p for p in target.split("/") if p not in ("", ".")] + parts
             continue
         resolved.append(part)
-    return os.path.join(root, *resolved)
+    return "/" + "/".join(resolved)
 
 
 def makedirs_in(root: str, path: str, mode: int = 0o755) -> str:
