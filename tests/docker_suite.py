@@ -255,12 +255,17 @@ class ContainerSuite:
         assert missing.returncode == 1 and "No such" in missing.stderr
 
 
+def sdk_client(dk: DockerCLI) -> Any:
+    """The `docker` SDK's client on the same engine socket."""
+    docker = pytest.importorskip("docker")
+    return docker.DockerClient(base_url=f"unix://{dk.socket}", timeout=int(TIMEOUT))
+
+
 class SdkSuite:
     """The `docker` SDK from PyPI, as scripts use it."""
 
     def client(self, dk: DockerCLI) -> Any:
-        docker = pytest.importorskip("docker")
-        return docker.DockerClient(base_url=f"unix://{dk.socket}", timeout=int(TIMEOUT))
+        return sdk_client(dk)
 
     def test_containers(self, dk: DockerCLI) -> None:
         client = self.client(dk)

@@ -33,6 +33,7 @@ from agent.runtime import cgroups
 from agent.runtime.logfile import read_entries
 from agent.volumes.store import VolumeStore
 from images import busybox as bb
+from tests.docker_suite import DockerCLI
 from vmctl.engine_client import EngineClient
 from vmctl.errors import VmctlError
 
@@ -230,3 +231,11 @@ def agent() -> Iterator[NativeAgent]:
             shutil.rmtree(short, ignore_errors=True)
             shutil.rmtree(home, ignore_errors=True)
         assert not leftover, f"mounts left behind: {leftover}"
+
+
+@pytest.fixture
+def dk(agent: NativeAgent) -> Iterator[DockerCLI]:
+    """The real docker CLI pointed at the module's native agent."""
+    cli = DockerCLI(agent.socket, {**os.environ, "DOCKER_CONFIG": agent.env["VMCTL_HOME"]})
+    yield cli
+    cli.cleanup()

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ if os.geteuid() != 0:
     pytest.skip("running containers needs root", allow_module_level=True)
 
 GO_DIR, GO_SYMLINK = 1 << 31, 1 << 27
-
-
-@pytest.fixture
-def dk(agent: NativeAgent) -> Iterator[DockerCLI]:
-    cli = DockerCLI(agent.socket, {**os.environ, "DOCKER_CONFIG": agent.env["VMCTL_HOME"]})
-    yield cli
-    cli.cleanup()
 
 
 def sleeper(dk: DockerCLI, role: str, *options: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker_suite import DOCKER, DockerCLI
+from tests.docker_suite import DOCKER, DockerCLI, sdk_client
 from tests.runtime.conftest import REPO, TIMEOUT, NativeAgent, mounts_under
 from vmctl.engine_client import EngineError
 
@@ -33,13 +33,6 @@ if os.geteuid() != 0:
     pytest.skip("running containers needs root", allow_module_level=True)
 
 HOST_BUSYBOX = Path("/bin/busybox")
-
-
-@pytest.fixture
-def dk(agent: NativeAgent) -> Iterator[DockerCLI]:
-    cli = DockerCLI(agent.socket, {**os.environ, "DOCKER_CONFIG": agent.env["VMCTL_HOME"]})
-    yield cli
-    cli.cleanup()
 
 
 def rootfs_tarball(marker: str) -> bytes:
@@ -307,7 +300,7 @@ def test_prune(dk: DockerCLI) -> None:
 
 def test_the_python_sdk(dk: DockerCLI) -> None:
     docker = pytest.importorskip("docker")
-    client = docker.DockerClient(base_url=f"unix://{dk.socket}", timeout=int(TIMEOUT))
+    client = sdk_client(dk)
     busybox = client.images.get("busybox")
     assert busybox.tags == ["busybox:latest"] and busybox.id == busybox_id(dk)
     assert busybox.id in [image.id for image in client.images.list()]

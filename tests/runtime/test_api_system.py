@@ -12,13 +12,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from agent import __version__ as AGENT_VERSION
-from tests.docker_suite import DOCKER, DockerCLI, wait_until
+from tests.docker_suite import DOCKER, DockerCLI, sdk_client, wait_until
 from tests.runtime.conftest import NativeAgent
 
 pytestmark = pytest.mark.runtime
@@ -27,22 +26,10 @@ if os.geteuid() != 0:
     pytest.skip("running containers needs root", allow_module_level=True)
 
 
-@pytest.fixture
-def dk(agent: NativeAgent) -> Iterator[DockerCLI]:
-    cli = DockerCLI(agent.socket, {**os.environ, "DOCKER_CONFIG": agent.env["VMCTL_HOME"]})
-    yield cli
-    cli.cleanup()
-
-
 def volume_name(dk: DockerCLI, role: str) -> str:
     name = f"t-{role}-{uuid.uuid4().hex[:8]}"
     dk.volumes.append(name)
     return name
-
-
-def sdk(dk: DockerCLI) -> Any:
-    docker = pytest.importorskip("docker")
-    return docker.DockerClient(base_url=f"unix://{dk.socket}", timeout=120)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -220,7 +207,7 @@ def test_system_df(dk: DockerCLI) -> None:
         assert kind in table
     verbose = dk.ok("system", "df", "-v")
     assert volume in verbose and name in verbose and "busybox" in verbose
-    usage = sdk(dk).df()
+    usage = sdk_client(dk).df()
     [mine] = [c for c in usage["Containers"] if c["Names"] == [f"/{name}"]]
     assert 300000 <= mine["SizeRw"] < 400000
     assert mine["SizeRootFs"] > mine["SizeRw"]
@@ -320,7 +307,7 @@ def test_events_bad_arguments(dk: DockerCLI) -> None:
 
 
 def test_the_sdk_sees_volumes_networks_and_events(dk: DockerCLI) -> None:
-    client = sdk(dk)
+    client = sdk_client(dk)
     name = volume_name(dk, "sdk")
     since = int(time.time())
     volume = client.volumes.create(name, labels={"via": "sdk"})
