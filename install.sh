@@ -13,11 +13,14 @@ fi
 # with Debian's archive keyring to check them; ssh for `vmctl machine ssh`; curl for
 # the quick check in the README. busybox-static, iproute2 and nftables let the engine
 # run natively on a Linux host (and its tests use them): the busybox image is built from
-# the host's busybox, and the default bridge uses nft for NAT.
+# the host's busybox, and the default bridge uses nft for NAT. The tests start Debian's
+# docker-registry on 127.0.0.1 (htpasswd from apache2-utils, a test CA from openssl) and
+# check our pushes and pulls against skopeo.
 $SUDO apt-get update
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     qemu-system-x86 qemu-utils openssh-client curl ca-certificates debian-archive-keyring \
-    python3 python3-venv python3-pip busybox-static iproute2 nftables
+    python3 python3-venv python3-pip busybox-static iproute2 nftables \
+    docker-registry skopeo apache2-utils openssl
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
