@@ -50,14 +50,99 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ARCHIVE",
         help="a `docker save` archive loaded into the image store once (the busybox image)",
     )
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a registry reached over plain HTTP or unverified TLS (repeatable; loopback "
+        "registries always are)",
+    )
+    parser.add_argument(
+        "--certs-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="Docker certs.d layout, DIR/<host:port>/ca.crt (repeatable; default "
+        "/etc/docker/certs.d)",
+    )
+    parser.add_argument(
+        "--host-loopback",
+        default="",
+        metavar="ADDR",
+        help="dial registries named localhost/127.x at ADDR (in the VM: 10.0.2.2)",
+    )
+    parser.add_argument(
+        "--host-gateway",
+        default="",
+        metavar="ADDR",
+        help="the host's address for containers: host.docker.internal, --add-host "
+        "NAME:host-gateway (in the VM: 10.0.2.2; default: the default bridge's gateway)",
+    )
+    parser.add_argument(
+        "--published-on",
+        default="",
+        metavar="ADDR",
+        help="where a port published without an address is reachable, as inspect and "
+        "`docker port` show it (in the VM: 127.0.0.1, where the host agent publishes it)",
+    )
+    parser.add_argument(
+        "--seed",
+        default="",
+        metavar="FILE",
+        help="the machine's settings (shell assignments, read after --wait-for): its "
+        "insecure registries and the host home whose .docker/certs.d is trusted",
+    )
     parser.add_argument("--version", action="version", version=f"vmctl agent {__version__}")
     return parser.parse_args(argv)
 
 
+def read_seed(path: str) -> dict[str, str]:
+    """The machine's settings: KEY='value' shell assignments (values may span lines)."""
+    import shlex
+
+    with open(path) as f:
+        words = shlex.split(f.read(), comments=True)
+    return dict(word.partition("=")[::2] for word in words if "=" in word)
+
+
+def configure_registries(args: argparse.Namespace) -> None:
+    from agent.registry.options import DEFAULT_CERTS_DIR, RegistryOptions, configure
+
+    insecure, certs_dirs = list(args.insecure_registry), list(args.certs_dir)
+    if args.seed:
+        seed = read_seed(args.seed)
+        insecure += seed.get("VMCTL_INSECURE_REGISTRIES", "").split()
+        # the host user's ~/.docker/certs.d is at the same path here, through the home share
+        if seed.get("VMCTL_HOST_HOME"):
+            certs_dirs += [DEFAULT_CERTS_DIR, seed["VMCTL_HOST_HOME"] + "/.docker/certs.d"]
+    configure(
+        RegistryOptions(
+            insecure_registries=tuple(insecure),
+            certs_dirs=tuple(certs_dirs or [DEFAULT_CERTS_DIR]),
+            host_loopback=args.host_loopback,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from agent.network import host_gateway, ports
+
+    ports.set_published_on(args.published_on)
+
+    try:
+        host_gateway.configure(args.host_gateway)
+    except ValueError:
+        print(f"error: --host-gateway {args.host_gateway!r} is not IPv4", file=sys.stderr)
+        return 2
     if args.wait_for:
         wait_for(args.wait_for)
+    try:
+        configure_registries(args)
+    except OSError as error:
+        print(f"error: cannot read the machine's settings: {error}", file=sys.stderr)
+        return 2
     try:
         configure_logging(args.log_file, args.log_level)
     except OSError as error:

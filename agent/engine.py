@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent import events
 from agent.containers.manager import ContainerManager
@@ -38,6 +39,7 @@ class Engine:
     volumes: VolumeStore
     containers: ContainerManager
     network: object | None
+    networks: Any = None  # agent.network.attachments.Attachments (user-defined networks)
 
 
 def _preload(images: ImageStore, archive: str) -> None:
@@ -70,6 +72,28 @@ def _bridge(root: str) -> object | None:
         log.warning("no default bridge: %s", error)
         return None
     return bridge
+
+
+def _user_networks(root: str, bridge: object | None, containers: ContainerManager) -> Any:
+    """User-defined networks (they need what the default bridge needs: nft, rtnetlink)."""
+    if bridge is None:
+        return None
+    from agent.network import host_gateway
+    from agent.network.attachments import Attachments
+    from agent.network.bridge import Bridge
+    from agent.network.store import NetworkStore
+
+    assert isinstance(bridge, Bridge)
+    store = NetworkStore(os.path.join(root, "network"), bridge)
+    try:
+        store.load()
+    except AgentError as error:  # the networks stay listed; their containers fail to start
+        log.error("cannot restore the user-defined networks: %s", error)
+    attachments = Attachments(store, containers.all, host_gateway.configured())
+    containers.networks = attachments
+    # natively the host is the default bridge's gateway; in the VM, QEMU's alias of it
+    containers.prepare.host_gateway = host_gateway.configured() or bridge.gateway
+    return attachments
 
 
 def open_engine(
@@ -106,5 +130,10 @@ def open_engine(
         run_root=os.path.join(run_root, "containers"),
     )
     holder["containers"] = containers
+    if network is not None:  # published ports lead to a container's address on a bridge
+        from agent.network.ports import PortPublisher
+
+        containers.ports = PortPublisher()
+    attachments = _user_networks(root, network, containers)
     containers.load()
-    return Engine(root, images, volumes, containers, network)
+    return Engine(root, images, volumes, containers, network, attachments)

@@ -33,9 +33,10 @@ class _Opener:
 
         def work() -> None:
             try:
-                from agent.engine import open_engine
+                from agent import lazy_import
 
-                self._engine = open_engine(**kwargs)  # type: ignore[arg-type]
+                engine = lazy_import.import_module("agent.engine")
+                self._engine = engine.open_engine(**kwargs)
                 log.info("engine ready: %d containers", len(self._engine.containers.all()))
             except Exception as error:
                 log.exception("the engine could not start")

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import report  # noqa: E402
 from images.compress import compress  # noqa: E402
 from images.cpio import write_cpio  # noqa: E402
 from images.tree import Device, Dir, File, Tree  # noqa: E402
@@ -276,10 +277,7 @@ def main() -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-            f.write("\n" + text)
+    report(text, args.record)
     return 0
 
 

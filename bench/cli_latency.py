@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import report  # noqa: E402
+from bench.vm_machine import bench_machine  # noqa: E402
 from images import busybox as bb  # noqa: E402
 
 HOST_BUSYBOX = Path("/bin/busybox")
@@ -126,33 +128,6 @@ def start_dockerd(tmp: Path) -> tuple[Subject, Path]:
     return Subject("dockerd 20.10 (native)", str(sock), process), short
 
 
-def start_vm() -> tuple[Subject, bool]:
-    """The bench machine, started if it was not running; (subject, started by us)."""
-    vmctl = [sys.executable, "-m", "vmctl.cli"]
-    status = subprocess.run(
-        [*vmctl, "machine", "status", "bench-cli", "--format", "json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    running = status.returncode == 0 and '"running"' in status.stdout
-    if not running:
-        subprocess.run(
-            [*vmctl, "machine", "start", "bench-cli", "--no-mount"], check=True, cwd=ROOT
-        )
-    env = subprocess.run(
-        [*vmctl, "machine", "env", "bench-cli", "--shell", "bash"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
-    host = next(
-        line.split("=", 1)[1].strip("'\"") for line in env.splitlines() if "DOCKER_HOST=" in line
-    )
-    return Subject("ours (through the VM)", host.removeprefix("unix://")), not running
-
-
 def stop(subject: Subject) -> None:
     if subject.process is None or subject.process.poll() is not None:
         return
@@ -216,7 +191,7 @@ def main() -> int:
     )
     subjects: list[Subject] = []
     shorts: list[Path] = []
-    vm_started = False
+    stack = contextlib.ExitStack()
     try:
         ours, short = start_ours(tmp, tarball)
         subjects.append(ours)
@@ -228,7 +203,8 @@ def main() -> int:
         wait_ready(cli, dockerd, config, tmp / "dockerd.log")
         docker(cli, dockerd, config, ["load", "-i", str(tarball)])
         if args.vm:
-            vm, vm_started = start_vm()
+            socket = stack.enter_context(bench_machine("bench-cli"))
+            vm = Subject("ours (through the VM)", socket)
             wait_ready(cli, vm, config, tmp / "vm.log")
             subjects.append(vm)
         print(f"warm-up: {args.warmup} of each…", file=sys.stderr)
@@ -247,12 +223,7 @@ def main() -> int:
     finally:
         for s in subjects:
             stop(s)
-        if vm_started:
-            subprocess.run(
-                [sys.executable, "-m", "vmctl.cli", "machine", "stop", "bench-cli"],
-                cwd=ROOT,
-                check=False,
-            )
+        stack.close()
         unmount_under(tmp)
         for path in (tmp, Path(config), *shorts):
             shutil.rmtree(path, ignore_errors=True)
@@ -263,10 +234,7 @@ def main() -> int:
         f"kernel {platform.release()}, {args.runs} runs of each, {args.warmup} warm-up)\n\n"
         + table(subjects, subjects[1], args.runs)
     )
-    print(block)
-    if args.record:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-            f.write("\n" + block)
+    report(block, args.record)
     return 0
 
 

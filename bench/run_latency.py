@@ -51,6 +51,7 @@ from agent.images.archive import load_archive  # noqa: E402
 from agent.images.store import ImageStore  # noqa: E402
 from agent.runtime import cgroups  # noqa: E402
 from agent.volumes.store import VolumeStore  # noqa: E402
+from bench.results import report  # noqa: E402
 from images import busybox as bb  # noqa: E402
 
 HOST_BUSYBOX = Path("/bin/busybox")
@@ -444,10 +445,7 @@ def main() -> int:
             "",
         ]
     text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-            f.write("\n" + text)
+    report(text, args.record)
     return 0
 
 

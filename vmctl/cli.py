@@ -46,6 +46,7 @@ def config_from_args(name: str, args: argparse.Namespace) -> MachineConfig:
         mounts=mounts,
         accel=args.accel or defaults.accel,
         ssh_port=args.ssh_port if args.ssh_port is not None else defaults.ssh_port,
+        insecure_registries=tuple(args.insecure_registry or ()),
     )
 
 
@@ -53,6 +54,7 @@ def creation_options_given(args: argparse.Namespace) -> bool:
     return any(
         getattr(args, k) not in (None, False, [])
         for k in ("cpus", "memory", "disk", "mount", "no_mount", "accel", "ssh_port")
+        + ("insecure_registry",)
     )
 
 
@@ -127,6 +129,8 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
         print(f"  ssh:         127.0.0.1:{d['ssh_port']}")
         print(f"  engine:      unix://{machine.files.engine_socket} ({engine})")
         print(f"  pids:        host agent {status.hostagent_pid}, qemu {status.qemu_pid}")
+        if d["ports"]:
+            print(f"  ports:       {', '.join(d['ports'])}")
     for warning in d["warnings"]:
         print(f"  warning:     {warning}")
     return 0
@@ -395,6 +399,12 @@ def add_creation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ssh-port", type=int, help="host port for the guest's sshd (default: any free)"
     )
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a registry the engine may reach over plain HTTP (repeatable)",
+    )
 
 
 # -- engine -----------------------------------------------------------------------------
@@ -479,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=cmd_engine_serve)
     containers_cli.add_parsers(top)
+    from vmctl import build_cli  # `vmctl build`: the Dockerfile builder
+
+    build_cli.add_parsers(top, containers_cli.connection_options())
     return parser
 
 

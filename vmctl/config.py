@@ -65,6 +65,7 @@ class MachineConfig:
     mounts: tuple[Mount, ...] = field(default_factory=tuple)
     accel: str = "auto"
     ssh_port: int = 0  # 0: pick a free port on 127.0.0.1 at each start
+    insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] the engine may reach over HTTP
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"version": CONFIG_VERSION, **asdict(self)}
@@ -88,6 +89,8 @@ class MachineConfig:
             raise VmctlError(f"{source} has unknown keys: {', '.join(unknown)}")
         try:
             mounts = tuple(Mount(**m) for m in data.pop("mounts", []))
+            if isinstance(data.get("insecure_registries"), list):
+                data["insecure_registries"] = tuple(data["insecure_registries"])
             config = cls(mounts=mounts, **data)
         except TypeError as e:
             raise VmctlError(f"{source} is malformed: {e}") from None
@@ -119,6 +122,8 @@ class MachineConfig:
             raise VmctlError(
                 f"unknown accelerator {self.accel!r}", hint=f"use one of {', '.join(ACCELERATORS)}"
             )
+        for registry in self.insecure_registries:
+            check_registry_name(registry)
         seen: set[str] = set()
         for m in self.mounts:
             if not isinstance(m.path, str) or not isinstance(m.writable, bool):
@@ -138,6 +143,18 @@ def _check_int(what: str, value: object, low: int, high: int, hint: str) -> None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise VmctlError(
             f"{what} must be a whole number from {low} to {high}, not {value!r}", hint=hint
+        )
+
+
+_REGISTRY_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?"
+)
+
+
+def check_registry_name(name: object) -> None:
+    if not isinstance(name, str) or not _REGISTRY_RE.fullmatch(name):
+        raise VmctlError(
+            f"invalid insecure registry {name!r}", hint="give HOST[:PORT], e.g. registry.lan:5000"
         )
 
 

@@ -49,6 +49,10 @@ VERBS += ("kill", "restart")
 VERBS += ("volume", "info")  # vmctl/system_cli.py
 VERBS += ("cp", "top", "stats")  # vmctl/copy_cli.py
 VERBS += ("images", "rmi", "load", "save", "tag")  # vmctl/images_cli.py
+VERBS += ("commit",)  # vmctl/commit_cli.py
+VERBS += ("pull", "push")  # vmctl/registry_cli.py
+VERBS += ("port",)  # vmctl/port_cli.py
+VERBS += ("network",)  # vmctl/network_cli.py
 # docker run's own failures (the engine refused, or the command could not be run)
 EXIT_REFUSED, EXIT_NOT_RUNNABLE, EXIT_NOT_FOUND = 125, 126, 127
 STARTING_WAIT = 600.0
@@ -194,6 +198,12 @@ def parse_port(text: str) -> PortBinding:
     return PortBinding(f"{container}/{proto or 'tcp'}", host_ip, host_port)
 
 
+def parse_ports(spec: str) -> list[PortBinding]:
+    from vmctl.port_cli import parse_ports as parse  # that module imports this one
+
+    return parse(spec)
+
+
 def parse_env(items: list[str]) -> list[str]:
     """`-e K=V` as is; `-e K` takes K from this environment when it is set, as docker does."""
     out = []
@@ -238,7 +248,7 @@ def run_options(args: argparse.Namespace, console_size: tuple[int, int]) -> Cont
         auto_remove=args.rm,
         env=parse_env(args.env or []),
         binds=[parse_volume(v) for v in args.volume or []],
-        ports=[parse_port(p) for p in args.publish or []],
+        ports=[binding for spec in args.publish or [] for binding in parse_ports(spec)],
         workdir=args.workdir or "",
         user=args.user or "",
         entrypoint=args.entrypoint,
@@ -860,3 +870,15 @@ def add_parsers(top: Any) -> None:
     from vmctl import images_cli  # imports this module too
 
     images_cli.add_parsers(top, parent)
+
+    from vmctl import commit_cli  # imports this module too
+
+    commit_cli.add_parsers(top, parent)
+
+    from vmctl import port_cli  # imports this module too
+
+    port_cli.add_parsers(top, parent)
+
+    from vmctl import network_cli  # imports this module too
+
+    network_cli.add_parsers(top, parent)

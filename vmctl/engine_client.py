@@ -516,10 +516,12 @@ class EngineClient:
         body: Any = None,
         timeout: float | None = REQUEST_TIMEOUT,
         upgrade: bool = False,
+        extra_headers: dict[str, str] | None = None,
     ) -> tuple[HttpExchange, int, dict[str, str]]:
         """Send a request; the exchange with its response head read. Error statuses raise."""
         target = self._target(path, query)
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"} if upgrade else {}
+        headers.update(extra_headers or {})
         headers.setdefault("Connection", "close")
         data = None
         if body is not None:
@@ -715,6 +717,39 @@ class EngineClient:
         query = {"filters": json.dumps(filters)} if filters else None
         return self._object("POST", "/volumes/prune", query=query, timeout=None)
 
+    # -- networks -------------------------------------------------------------------
+
+    def create_network(self, name: str, **settings: Any) -> dict[str, Any]:
+        """POST /networks/create; settings are the body's other fields (Internal, IPAM…)."""
+        return self._object("POST", "/networks/create", body={"Name": name, **settings})
+
+    def list_networks(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        query = {"filters": json.dumps(filters)} if filters else None
+        result = self._json("GET", "/networks", query=query)
+        if not isinstance(result, list):
+            raise VmctlError("the engine's network list is not a list")
+        return result
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        return self._object("GET", f"/networks/{_ref(name)}")
+
+    def remove_network(self, name: str) -> None:
+        self._call("DELETE", f"/networks/{_ref(name)}")
+
+    def prune_networks(self, filters: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        query = {"filters": json.dumps(filters)} if filters else None
+        return self._object("POST", "/networks/prune", query=query)
+
+    def connect_network(
+        self, network: str, container: str, endpoint: dict[str, Any] | None = None
+    ) -> None:
+        body = {"Container": container, "EndpointConfig": endpoint or {}}
+        self._call("POST", f"/networks/{_ref(network)}/connect", body=body)
+
+    def disconnect_network(self, network: str, container: str, force: bool = False) -> None:
+        body = {"Container": container, "Force": force}
+        self._call("POST", f"/networks/{_ref(network)}/disconnect", body=body)
+
     def info(self) -> dict[str, Any]:
         return self._object("GET", "/info")
 
@@ -804,6 +839,53 @@ class EngineClient:
         finally:
             exchange.close()
 
+    def _json_lines(
+        self, exchange: HttpExchange, status: int, headers: dict[str, str]
+    ) -> Iterator[dict[str, Any]]:
+        """A streamed body of JSON messages, one a line, as they come; closes the exchange."""
+        pending = b""
+        try:
+            for chunk in exchange.body(status, headers):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield from json_messages(line)
+            if pending.strip():
+                yield from json_messages(pending)
+        except OSError as e:
+            raise self._broken(e) from None
+        finally:
+            exchange.close()
+
+    def build_image(
+        self, query: dict[str, Any], write: Callable[[ChunkedWriter], None]
+    ) -> Iterator[dict[str, Any]]:
+        """POST /build: send the context tar ``write`` produces; the progress messages as
+        they come ({"stream": …}, {"aux": {"ID": …}}); an error message raises."""
+        headers = {
+            "Connection": "close",
+            "Content-Type": "application/x-tar",
+            "Transfer-Encoding": "chunked",
+        }
+        exchange = HttpExchange(self._connect(None))
+        try:
+            exchange.send("POST", self._target("/build", query), None, headers)
+            body = ChunkedWriter(exchange.sock)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                write(body)  # the engine may refuse before the end: its answer says why
+                body.finish()
+            status, response_headers = exchange.read_head()
+            if status >= 400:
+                raise EngineError(status, _error_message(exchange, status, response_headers))
+        except OSError as e:
+            exchange.close()
+            raise self._broken(e) from None
+        except BaseException:
+            exchange.close()
+            raise
+
+        return self._json_lines(exchange, status, response_headers)
+
     def top(self, container: str, ps_args: str = "") -> dict[str, Any]:
         query = {"ps_args": ps_args or None}
         result = self._json("GET", f"/containers/{_ref(container)}/top", query=query)
@@ -834,6 +916,54 @@ class EngineClient:
 
     def tag_image(self, image: str, repo: str, tag: str = "") -> None:
         self._call("POST", f"/images/{_ref(image)}/tag", query={"repo": repo, "tag": tag or None})
+
+    def commit_container(
+        self,
+        container: str,
+        repo: str = "",
+        tag: str = "",
+        changes: list[str] | None = None,
+        comment: str = "",
+        author: str = "",
+        pause: bool = True,
+    ) -> str:
+        """`docker commit`: the new image's id."""
+        query = {
+            "container": container,
+            "repo": repo or None,
+            "tag": tag or None,
+            "changes": changes or None,
+            "comment": comment or None,
+            "author": author or None,
+            "pause": pause,
+        }
+        result = self._json("POST", "/commit", query=query)
+        if not isinstance(result, dict) or not isinstance(result.get("Id"), str):
+            raise VmctlError(f"the engine's commit answer has no Id: {result!r}")
+        return str(result["Id"])
+
+    def pull_image(
+        self, name: str, tag: str = "", platform: str = "", registry_auth: str = ""
+    ) -> Iterator[dict[str, Any]]:
+        """`docker pull`: the engine's progress messages as they come; an error raises."""
+        query = {"fromImage": name, "tag": tag or None, "platform": platform or None}
+        return self._progress("/images/create", query, registry_auth)
+
+    def push_image(
+        self, name: str, tag: str = "", registry_auth: str = ""
+    ) -> Iterator[dict[str, Any]]:
+        """`docker push`: the engine's progress messages as they come; an error raises."""
+        return self._progress(f"/images/{_ref(name)}/push", {"tag": tag or None}, registry_auth)
+
+    def _progress(
+        self, path: str, query: dict[str, Any], registry_auth: str
+    ) -> Iterator[dict[str, Any]]:
+        headers = {"X-Registry-Auth": registry_auth} if registry_auth else {}
+        exchange, status, response_headers = self._open(
+            "POST", path, query=query, timeout=None, extra_headers=headers
+        )
+
+        return self._json_lines(exchange, status, response_headers)
 
     def save_images(self, names: list[str]) -> Iterator[bytes]:
         """The `docker save` tarball of ``names``, as it streams in."""

@@ -168,33 +168,40 @@ def describe(event: Event) -> str | None:
     return f"{who} exited with code {attributes.get('exitCode', '?')}"
 
 
-class EventSubscriber:
-    """Keeps ``GET /events`` open on streams from ``open_stream`` and hands events on."""
+class EngineStream:
+    """Keeps one streaming ``GET`` open on the engine over streams from ``open_stream``,
+    reconnecting with back-off, and hands each line of its body to :meth:`handle_line`.
+    Subclasses say what to ask for (:meth:`request_path`) and what a line means."""
+
+    what = "engine stream"  # for the log and the thread's name
 
     def __init__(
         self,
         open_stream: Callable[[], Stream],
-        hooks: EventHooks | None = None,
         backoff_start: float = BACKOFF_START,
         backoff_max: float = BACKOFF_MAX,
     ) -> None:
         self.open_stream = open_stream
-        self.hooks = hooks or EventHooks()
         self.backoff_start = backoff_start
         self.backoff_max = backoff_max
-        self.last_time_nano = 0  # the latest event handed on (asked for again after a break)
-        # events already handed on, to skip them when a reconnection replays them; kept by
-        # identity, not by time, so a clock that steps back loses nothing
-        self._seen: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=SEEN)
-        self._seen_set: set[tuple[Any, ...]] = set()
         self.retry_delays: list[float] = []  # the back-off of each failed attempt (tests read it)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current: Stream | None = None
         self._thread: threading.Thread | None = None
 
+    def request_path(self) -> str:
+        raise NotImplementedError
+
+    def on_accepted(self) -> None:
+        """The engine answered 200: the stream is established."""
+
+    def handle_line(self, line: bytes) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="guest-events", daemon=True)
+        name = self.what.replace(" ", "-")
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -220,17 +227,17 @@ class EventSubscriber:
                 established = False
                 reason = str(error) or type(error).__name__
             else:
-                reason = "the engine ended the event stream"
+                reason = f"the engine ended the {self.what}"
             if self._stop.is_set():
                 return
             if established:
                 delay = self.backoff_start
                 failing = False
             if not failing:
-                log.warning("engine event stream lost (%s); reconnecting", reason)
+                log.warning("%s lost (%s); reconnecting", self.what, reason)
                 failing = True
             else:
-                log.debug("engine event stream: %s; retrying in %.1f s", reason, delay)
+                log.debug("%s: %s; retrying in %.1f s", self.what, reason, delay)
             self.retry_delays.append(delay)
             del self.retry_delays[:-100]
             if self._stop.wait(delay):
@@ -238,7 +245,7 @@ class EventSubscriber:
             delay = min(self.backoff_max, delay * 2)
 
     def _session(self) -> bool:
-        """One connection: True when the engine had accepted the subscription before the
+        """One connection: True when the engine had accepted the request before the
         stream ended; an exception when it never did."""
         stream = self.open_stream()
         with self._lock:
@@ -247,28 +254,28 @@ class EventSubscriber:
                 return False
             self._current = stream
         accepted = False
+        path = self.request_path()
         try:
-            query = f"?since={_since(self.last_time_nano)}" if self.last_time_nano else ""
             stream.sendall(
-                f"GET /events{query} HTTP/1.1\r\nHost: engine\r\nUser-Agent: vmctl-hostagent\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: engine\r\nUser-Agent: vmctl-hostagent\r\n"
                 "Connection: close\r\n\r\n".encode()
             )
             reader = _Reader(stream)
             status, headers = reader.head()
             if status != 200:
-                raise StreamError(f"the engine answered /events with {status}")
+                raise StreamError(f"the engine answered {path} with {status}")
             accepted = True
-            log.info("subscribed to the engine's events")
-            self.hooks.connected()
+            self.on_accepted()
             chunked = headers.get("transfer-encoding", "").lower() == "chunked"
             pending = b""
             for piece in reader.chunks(chunked):
                 pending += piece
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    self._handle(line)
+                    if line.strip():
+                        self.handle_line(line)
                 if len(pending) > MAX_LINE:
-                    raise StreamError("an event larger than 1 MiB")
+                    raise StreamError("a message larger than 1 MiB")
             return True
         except (StreamError, OSError):
             if accepted:
@@ -279,6 +286,38 @@ class EventSubscriber:
                 if self._current is stream:
                     self._current = None
             _close(stream)
+
+
+class EventSubscriber(EngineStream):
+    """Keeps ``GET /events`` open and hands the events on to ``hooks``."""
+
+    what = "engine event stream"
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Stream],
+        hooks: EventHooks | None = None,
+        backoff_start: float = BACKOFF_START,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        super().__init__(open_stream, backoff_start, backoff_max)
+        self.hooks = hooks or EventHooks()
+        self.last_time_nano = 0  # the latest event handed on (asked for again after a break)
+        # events already handed on, to skip them when a reconnection replays them; kept by
+        # identity, not by time, so a clock that steps back loses nothing
+        self._seen: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=SEEN)
+        self._seen_set: set[tuple[Any, ...]] = set()
+
+    def request_path(self) -> str:
+        query = f"?since={_since(self.last_time_nano)}" if self.last_time_nano else ""
+        return f"/events{query}"
+
+    def on_accepted(self) -> None:
+        log.info("subscribed to the engine's events")
+        self.hooks.connected()
+
+    def handle_line(self, line: bytes) -> None:
+        self._handle(line)
 
     def _handle(self, line: bytes) -> None:
         if not line.strip():

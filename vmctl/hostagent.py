@@ -33,6 +33,7 @@ from vmctl.errors import VmctlError
 from vmctl.forward import UnixSocketForwarder
 from vmctl.guest_events import EventHooks, EventSubscriber
 from vmctl.paths import MachineFiles, Paths
+from vmctl.ports import HostForwards, PortPublisher, qmp_monitor
 from vmctl.qemu import BootImage, build_argv, qemu_binary
 from vmctl.status import (
     FAILED,
@@ -203,6 +204,7 @@ class HostAgent:
         # the guest engine's events: register here to act on them (e.g. published ports)
         self.event_hooks = EventHooks()
         self.events: EventSubscriber | None = None
+        self.ports: PortPublisher | None = None  # published ports, forwarded by QEMU
 
     # -- status ---------------------------------------------------------------------
 
@@ -481,6 +483,11 @@ class HostAgent:
         self.forwarder.start()
         self.events = EventSubscriber(self.open_engine_channel, self.event_hooks)
         self.events.start()
+        forwards = HostForwards(
+            qmp_monitor(self.files.qmp_socket), on_change=lambda ports: self.report(ports=ports)
+        )
+        self.ports = PortPublisher(self.open_engine_channel, forwards)
+        self.ports.start()
         self.report(RUNNING, ready_at=time.time(), message="")
         log.info("engine served at %s", self.files.engine_socket)
 
@@ -513,6 +520,9 @@ class HostAgent:
         if self.events is not None:
             self.events.stop()
             self.events = None
+        if self.ports is not None:
+            self.ports.stop()
+            self.ports = None
         if self.forwarder is not None:
             self.forwarder.stop()
             self.forwarder = None

@@ -252,3 +252,7 @@ def add_parsers(top: Any, parent: argparse.ArgumentParser) -> None:
     tag = verb("tag", cmd_tag, "give an image another name")
     tag.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
     tag.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+
+    from vmctl import registry_cli
+
+    registry_cli.add_parsers(verb)

@@ -83,6 +83,7 @@ class MachineStatus:
             "engine_ok": self.engine_ok,
             "engine_error": self.engine_error,
             "warnings": a.warnings if a else [],
+            "ports": a.ports if a and self.state == State.RUNNING else [],
         }
 
 

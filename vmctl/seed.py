@@ -10,7 +10,7 @@ import os
 import shlex
 from pathlib import Path
 
-from vmctl.config import MachineConfig
+from vmctl.config import MachineConfig, guest_path_for
 from vmctl.qemu import DATA_DISK_SERIAL, share_tag
 
 
@@ -24,6 +24,9 @@ def seed_config_text(config: MachineConfig) -> str:
         "VMCTL_HOSTNAME": config.name,
         "VMCTL_DATA_SERIAL": DATA_DISK_SERIAL,
         "VMCTL_SHARES": shares,
+        # the agent's registry options: plain-HTTP registries, the host's certs.d
+        "VMCTL_INSECURE_REGISTRIES": " ".join(config.insecure_registries),
+        "VMCTL_HOST_HOME": guest_path_for(str(Path.home())),
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
 

@@ -32,6 +32,7 @@ class AgentStatus:
     hint: str = ""
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
+    ports: list[str] = field(default_factory=list)  # published on the host: "127.0.0.1:80/tcp"
     started_at: float = 0.0
     ready_at: float = 0.0
     updated_at: float = 0.0

@@ -19,6 +19,7 @@ from agent.api.response import (
     RAW_STREAM_TYPE,
     ResponseWriter,
 )
+from agent.containers import health
 from agent.containers.model import RUNNING, Container
 from agent.engine import Engine
 from agent.errors import AgentError, BadRequest
@@ -51,7 +52,7 @@ def _status_text(container: Container) -> str:
     """`docker ps`'s STATUS column, as dockerd words it."""
     state = container.state
     if state.status == "running":
-        return "Up " + _ago(state.started_at)
+        return "Up " + _ago(state.started_at) + health.status_suffix(container)
     if state.status == "paused":
         return "Up " + _ago(state.started_at) + " (Paused)"
     if state.status == "restarting":
@@ -66,30 +67,64 @@ def _ago(timestamp: str) -> str:
 
 
 def _network_settings(container: Container) -> dict[str, Any]:
-    endpoint = container.network or {}
+    """NetworkSettings.Networks: every network the container is (or will be) on."""
+    from agent.network.attachments import requested_networks
+
+    BUILTIN = ("bridge", "host", "none")  # noqa: N806
+
     mode = str(container.host_config.get("NetworkMode") or "default")
-    name = "bridge" if mode in ("default", "bridge") else mode
-    settings = {
-        "IPAMConfig": None,
-        "Links": None,
-        "Aliases": None,
-        "MacAddress": endpoint.get("MacAddress", ""),
-        "NetworkID": name,
-        "EndpointID": endpoint.get("HostVeth", ""),
-        "Gateway": endpoint.get("Gateway", ""),
-        "IPAddress": endpoint.get("IPAddress", ""),
-        "IPPrefixLen": endpoint.get("IPPrefixLen", 0),
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "DriverOpts": None,
-        "DNSNames": None,
-    }
-    return {name: settings} if not name.startswith("container:") else {}
+    if mode.startswith("container:"):
+        return {}
+    names = [] if mode not in ("default", *BUILTIN) else [mode.replace("default", "bridge")]
+    names += requested_networks(container)
+    running = container.state.running
+    attached = (container.network or {}).get("Networks") or {}
+    found = {}
+    for name in names:
+        endpoint = dict(attached.get(name) or {}) if running else {}
+        if not endpoint and running and name == names[0] and not attached:
+            endpoint = dict(container.network or {})  # a record from before user networks
+        config = container.endpoints_config.get(name) or {}
+        found[name] = {
+            "IPAMConfig": config.get("IPAMConfig") or None,
+            "Links": config.get("Links") or None,
+            "Aliases": config.get("Aliases") or None,
+            "MacAddress": endpoint.get("MacAddress", ""),
+            "NetworkID": endpoint.get("NetworkID") or (name if name in BUILTIN else ""),
+            "EndpointID": endpoint.get("EndpointID") or endpoint.get("HostVeth", ""),
+            "Gateway": endpoint.get("Gateway", ""),
+            "IPAddress": endpoint.get("IPAddress", ""),
+            "IPPrefixLen": endpoint.get("IPPrefixLen", 0),
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "DriverOpts": None,
+            "DNSNames": endpoint.get("DNSNames") or None,
+        }
+    return found
+
+
+def _published(container: Container) -> list[Any]:
+    """The host ports a running container holds (as allocated at its start)."""
+    from agent.network.ports import Binding
+
+    if not container.state.running:
+        return []
+    bindings = [Binding.from_json(b) for b in (container.network or {}).get("Ports") or []]
+    publisher = getattr(_engine().containers, "ports", None)
+    if publisher is not None and publisher.behind_host:
+        # behind the VM's host agent, a binding without HostIp is on the host's 127.0.0.1
+        bindings = [
+            Binding(b.container_port, b.proto, b.host_ip or "127.0.0.1", b.host_port)
+            for b in bindings
+        ]
+    return bindings
 
 
 def summary(container: Container) -> dict[str, Any]:
     """An entry of GET /containers/json."""
+    from agent.network.ports import summary_ports
+
     config = container.config
     command = " ".join([*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])])
     return {
@@ -99,7 +134,7 @@ def summary(container: Container) -> dict[str, Any]:
         "ImageID": container.image_id,
         "Command": command,
         "Created": _unix(container.created),
-        "Ports": [],
+        "Ports": summary_ports(config, _published(container)) if container.state.running else [],
         "Labels": config.get("Labels") or {},
         "State": container.state.status,
         "Status": _status_text(container),
@@ -111,6 +146,8 @@ def summary(container: Container) -> dict[str, Any]:
 
 def inspect(container: Container) -> dict[str, Any]:
     """GET /containers/{id}/json."""
+    from agent.network.ports import inspect_ports
+
     state = container.state
     config = container.config
     host_config = {
@@ -138,6 +175,7 @@ def inspect(container: Container) -> dict[str, Any]:
             "Error": state.error,
             "StartedAt": state.started_at,
             "FinishedAt": state.finished_at,
+            **({"Health": state.health} if state.health else {}),
         },
         "Image": container.image_id,
         "ResolvConfPath": container.etc_file("resolv.conf"),
@@ -167,7 +205,7 @@ def inspect(container: Container) -> dict[str, Any]:
             "Bridge": "",
             "SandboxID": "",
             "SandboxKey": f"/proc/{state.pid}/ns/net" if state.pid else "",
-            "Ports": {},
+            "Ports": inspect_ports(config, _published(container)) if state.running else {},
             "HairpinMode": False,
             "LinkLocalIPv6Address": "",
             "LinkLocalIPv6PrefixLen": 0,
@@ -223,12 +261,13 @@ def _matches(container: Container, filters: dict[str, list[str]]) -> bool:
                 or container.image_id.removeprefix("sha256:").startswith(v)
                 for v in values
             )
+        elif key == "health":
+            ok = health.status_of(container) in values
         elif key in (
             "before",
             "since",
             "network",
             "volume",
-            "health",
             "publish",
             "expose",
             "isolation",

@@ -1,5 +1,5 @@
 """Image endpoints of the Engine API: list, inspect, history, tag, remove, prune, save,
-load, import; pulls answer as dockerd does when no registry can be reached.
+load, import; pulls go to :mod:`agent.api.registry_api`.
 
 Image events (tag, untag, delete, load, import, save) go on the engine's event bus.
 """
@@ -14,19 +14,20 @@ from typing import Any, BinaryIO, cast
 from agent import engine_handle, events
 from agent.api.request import Request
 from agent.api.response import JSON_TYPE, ResponseWriter
-from agent.errors import BadRequest, NotFound
+from agent.errors import BadRequest
 from agent.images.archive import load_archive
 from agent.images.filters import (
     LIST_KEYS,
     PRUNE_KEYS,
     ImageFilter,
+    intermediates,
     parse_filters,
     parse_rfc3339,
 )
 from agent.images.filters import created_seconds as _created
 from agent.images.importer import import_tarball
 from agent.images.prune import prune_images
-from agent.images.reference import DEFAULT_DOMAIN, Reference, familiar, parse
+from agent.images.reference import Reference, familiar, parse
 from agent.images.save import SavePlan, select
 from agent.images.store import DeleteRecords, Image, ImageStore
 
@@ -205,8 +206,10 @@ def _shared_sizes(store: ImageStore, images: list[Image]) -> dict[str, int]:
 def list_images(request: Request, response: ResponseWriter) -> None:
     store = _store()
     chosen = ImageFilter(parse_filters(request.arg("filters"), LIST_KEYS), store.get)
-    images = [image for image in store.list() if chosen.matches(image)]
-    shared = _shared_sizes(store, store.list()) if request.flag("shared-size") else {}
+    every = store.list()
+    hidden = set() if request.flag("all") else intermediates(every)
+    images = [image for image in every if image.id not in hidden and chosen.matches(image)]
+    shared = _shared_sizes(store, every) if request.flag("shared-size") else {}
     old = not request.version_at_least("1.44")
     response.send_json(
         [
@@ -335,7 +338,9 @@ def load(request: Request, response: ResponseWriter) -> None:
 def create(request: Request, response: ResponseWriter) -> None:
     from_image, source = request.arg("fromImage"), request.arg("fromSrc")
     if from_image:
-        _pull(from_image, request.arg("tag"))
+        from agent.api.registry_api import pull_image  # imported on the first pull
+
+        pull_image(request, response)
     elif source == "-":
         _import(request, response)
     elif source:
@@ -345,19 +350,6 @@ def create(request: Request, response: ResponseWriter) -> None:
         )
     else:
         raise BadRequest("give fromImage (pull) or fromSrc=- (import)")
-
-
-def _pull(name: str, tag: str) -> None:
-    """No registry client yet: answer as dockerd does when the registry is unreachable, an
-    error status before any progress, so `docker run` prints it and exits 125."""
-    ref = parse(name, default_tag=None)
-    if tag:
-        ref = parse(f"{ref.name}@{tag}" if ":" in tag else f"{ref.name}:{tag}")
-    registry = "registry-1.docker.io" if ref.domain == DEFAULT_DOMAIN else ref.domain
-    raise NotFound(
-        f"pull access to {registry} is not available: this engine cannot pull images yet, "
-        f"so {familiar(ref)} cannot be fetched; put it in with docker load (or docker import)"
-    )
 
 
 def _import(request: Request, response: ResponseWriter) -> None:

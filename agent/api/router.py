@@ -9,9 +9,9 @@ many endpoints exist.
 
 from __future__ import annotations
 
-import importlib
 import re
 
+from agent import lazy_import
 from agent.errors import AgentError, NotFound
 
 TYPE_CHECKING = False
@@ -64,7 +64,7 @@ class Route:
         handler = self._handler
         if isinstance(handler, str):
             module_name, _, function_name = handler.partition(":")
-            handler = self._handler = getattr(importlib.import_module(module_name), function_name)
+            handler = self._handler = getattr(lazy_import.import_module(module_name), function_name)
         return handler
 
 

@@ -15,6 +15,7 @@ EXTRAS = "agent.api.container_extras"
 VOLUMES = "agent.api.volumes"
 NETWORKS = "agent.api.networks"
 IMAGES = "agent.api.images"
+REGISTRY = "agent.api.registry_api"
 
 
 def build_router() -> Router:
@@ -24,6 +25,10 @@ def build_router() -> Router:
     router.add("GET", "/info", f"{SYSTEM}:info")
     router.add("GET", "/system/df", f"{SYSTEM}:system_df")
     router.add("GET", "/events", f"{SYSTEM}:events")
+    router.add("POST", "/auth", f"{REGISTRY}:login")
+    # private: vmctl's host agent publishes ports on the host (agent/api/publisher.py)
+    router.add("GET", "/_vmctl/publisher", "agent.api.publisher:stream")
+    router.add("POST", "/_vmctl/publisher/{id}", "agent.api.publisher:answer")
 
     router.add("POST", "/volumes/create", f"{VOLUMES}:create")
     router.add("POST", "/volumes/prune", f"{VOLUMES}:prune")
@@ -44,12 +49,15 @@ def build_router() -> Router:
     router.add("POST", "/images/create", f"{IMAGES}:create")
     router.add("POST", "/images/load", f"{IMAGES}:load")
     router.add("POST", "/images/prune", f"{IMAGES}:prune")
+    router.add("POST", "/build", "agent.api.build:build")
     router.add("GET", "/images/get", f"{IMAGES}:save_images")
     router.add("GET", "/images/{name:.+}/json", f"{IMAGES}:inspect_image")
     router.add("GET", "/images/{name:.+}/history", f"{IMAGES}:image_history")
     router.add("POST", "/images/{name:.+}/tag", f"{IMAGES}:tag_image")
+    router.add("POST", "/images/{name:.+}/push", f"{REGISTRY}:push_image")
     router.add("GET", "/images/{name:.+}/get", f"{IMAGES}:save_image")
     router.add("DELETE", "/images/{name:.+}", f"{IMAGES}:remove_image")
+    router.add("POST", "/commit", "agent.api.commit:commit")
 
     router.add("GET", "/containers/json", f"{CONTAINERS}:list_containers")
     router.add("POST", "/containers/create", f"{CONTAINERS}:create")

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.containers import names, options, rootfs
+from agent.containers import health, names, options, rootfs
+from agent.containers.health import HealthMonitors
 from agent.containers.janitor import TRASH_PREFIX, Janitor
 from agent.containers.model import (
     CREATED,
@@ -127,10 +128,13 @@ class ContainerManager:
         self.volumes = volumes
         self.hierarchy = hierarchy
         self.network = network
+        self.ports: Any = None  # agent.network.ports.PortPublisher, set by the engine
+        self.networks: Any = None  # agent.network.attachments.Attachments, set by the engine
         self.on_event = on_event or (lambda *_: None)
         self.prepare = Preparer(self.get, volumes, host_resolv_conf)
         self.device_filters = devices.FilterCache()
         self.janitor = Janitor()
+        self.health = HealthMonitors(self)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._containers: dict[str, Container] = {}
@@ -199,6 +203,7 @@ class ContainerManager:
         host_config: dict[str, Any] = dict(body.get("HostConfig") or {})
         config = merge_image_config(body, image.config.get("config") or {})
         self._validate(config, host_config)
+        endpoints_config = self._endpoints_config(body, host_config)
         with self._lock:
             if name:
                 if not _NAME.match(name):
@@ -218,6 +223,10 @@ class ContainerManager:
                 name = names.generate(lambda n: self._name_in_use(n) is not None)
             container_id = secrets.token_hex(32)
             directory = os.path.join(self.root, container_id)
+            if host_config.get("Links"):  # kept as dockerd shows them: /target:/name/alias
+                from agent.network.links import normalize
+
+                host_config["Links"] = normalize(host_config["Links"], name)
             if not config.get("Hostname"):
                 config["Hostname"] = container_id[:12]
             container = Container(
@@ -229,6 +238,7 @@ class ContainerManager:
                 config=config,
                 host_config=host_config,
                 directory=directory,
+                endpoints_config=endpoints_config,
             )
             try:
                 os.makedirs(container.rootfs_dir, mode=0o710)
@@ -241,7 +251,29 @@ class ContainerManager:
         self.on_event("create", container, {})
         return container
 
+    def _endpoints_config(
+        self, body: dict[str, Any], host_config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """NetworkingConfig.EndpointsConfig, checked."""
+        requested = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        mode = network_mode(host_config)
+        wanted = [mode] if mode not in ("bridge", "none", "host") and ":" not in mode else []
+        for name, config in requested.items():
+            if not isinstance(config, dict) and config is not None:
+                raise BadRequest(f"EndpointsConfig of network {name} must be an object")
+            if name not in ("bridge", "default", "none", "host") and name not in wanted:
+                wanted.append(name)
+        if wanted and self.networks is None:
+            raise BadRequest(f"network {wanted[0]} not found: this host has no bridge networking")
+        # as dockerd, a network that does not exist fails the start (404), not the create
+        for link in host_config.get("Links") or []:
+            target = str(link).partition(":")[0].strip("/")
+            if not target or self._name_in_use(target) is None and target not in self._containers:
+                raise BadRequest(f"could not get container for {target or link!r} (--link)")
+        return {str(k): dict(v or {}) for k, v in requested.items()}
+
     def _validate(self, config: dict[str, Any], host_config: dict[str, Any]) -> None:
+        health.validate(config.get("Healthcheck"))
         try:
             capabilities.resolve(
                 host_config.get("CapAdd"),
@@ -274,6 +306,9 @@ class ContainerManager:
             if not config.get("Cmd") and not config.get("Entrypoint"):
                 raise options.OptionError("no command specified")
             network_mode(host_config)
+            from agent.network.ports import requested_ports
+
+            requested_ports(config, host_config)
         except (
             options.OptionError,
             capabilities.CapabilityError,
@@ -340,6 +375,7 @@ class ContainerManager:
                 if not host_config.get("Privileged"):
                     self._confine_devices(cgroup, host_config)
             mode = network_mode(host_config)
+            reserved = self._reserve_ports(container, mode)
 
             def on_ready(pid: int, in_cgroup: bool) -> None:
                 if cgroup is not None and not in_cgroup:
@@ -358,6 +394,25 @@ class ContainerManager:
                         HostVeth=attached.host_veth,
                     )
                     self.prepare.write_hosts(container, attached.ip)
+                own_netns = mode not in ("host", "none") and not mode.startswith("container:")
+                if self.networks is not None and own_netns:  # user networks, record of all
+                    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        record = self.networks.attach(container, fd, dict(endpoint))
+                    finally:
+                        os.close(fd)
+                    if record.get("IPAddress") != endpoint.get("IPAddress"):
+                        self.prepare.write_hosts(container, record["IPAddress"])
+                    endpoint.clear()
+                    endpoint.update(record)
+                if reserved and endpoint.get("IPAddress"):
+                    self.ports.activate(
+                        container.id,
+                        endpoint["IPAddress"],
+                        endpoint["IPPrefixLen"],
+                        endpoint.get("HostVeth", ""),
+                    )
+                    endpoint["Ports"] = [b.to_json() for b in reserved]
                 for hook in self._take_start_hooks(container.id, shim_up=True):
                     hook(self.attach_socket(container))
                 started_at.append(timestamp())  # the command runs from the next instant
@@ -396,11 +451,22 @@ class ContainerManager:
             # Only a restart policy needs this record to survive a power cut (to start the
             # container again at the next boot); without one, skip the wait for the disk.
             policy, _ = options.restart_policy(host_config.get("RestartPolicy"), False)
+            self.health.arm(container, fresh=True)
             container.save(durable=policy != "no")
             self._watch(container, started.shim_pid, our_child=True, cgroup=cgroup)
             self._changed.notify_all()
         self.on_event("start", container, {})
         del volume_names
+
+    def _reserve_ports(self, container: Container, mode: str) -> list[Any]:
+        """Allocate the container's published host ports before it runs (a taken one fails
+        the start); only a container with its own address on a bridge publishes any."""
+        if self.ports is None or mode in ("none", "host") or mode.startswith("container:"):
+            return []
+        from agent.network.ports import requested_ports
+
+        requests = requested_ports(container.config, container.host_config)
+        return list(self.ports.reserve(container.id, container.name, requests))
 
     def on_next_start(self, ref: str, hook: Callable[[str | None], None]) -> None:
         """Run ``hook(attach socket)`` when the container next starts, before its command
@@ -454,6 +520,8 @@ class ContainerManager:
     def _release(self, container: Container, cgroup: cgroups.Cgroup | None) -> None:
         """Give back what a run held: its cgroup, its network endpoint, its mounts."""
         rootfs.unmount(container.etc_file("shm"))
+        if self.ports is not None:
+            self.ports.withdraw(container.id)
         if cgroup is not None:
             try:
                 cgroup.remove()
@@ -461,6 +529,8 @@ class ContainerManager:
                 log.warning("%s: %s", container.id[:12], error)
         if self.network is not None:
             self.network.detach(container.id)
+        if self.networks is not None:
+            self.networks.detach(container)
         with self._lock:
             if not self._root_pins.get(container.id):  # else the last reader unmounts it
                 rootfs.unmount(container.merged)
@@ -517,6 +587,7 @@ class ContainerManager:
             state.exit_code = exit_code
             state.oom_killed = oom
             state.finished_at = finished
+            self.health.disarm(container)
             restart = self._should_restart(container)
             if restart:
                 state.status = RESTARTING
@@ -593,6 +664,11 @@ class ContainerManager:
             cgroup = self.hierarchy.open(container.id) if self.hierarchy else None
             self._shim_up.add(container.id)
             self._watch(container, state.shim_pid, our_child=False, cgroup=cgroup)
+            self.health.arm(container, fresh=False)
+            if self.ports is not None:
+                self.ports.restore(container.id, container.network)
+            if self.networks is not None:
+                self.networks.restore(container)
             log.info("re-adopted running container %s", container.id[:12])
             return
         # The shim is gone: the VM rebooted, or everything was killed.
@@ -952,6 +1028,7 @@ class ContainerManager:
     def close(self) -> None:
         """Daemon shutdown: containers keep running under their shims."""
         self._closing = True
+        self.health.close()
         self.janitor.drain()
 
 

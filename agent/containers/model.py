@@ -38,6 +38,8 @@ class State:
     restart_count: int = 0
     stopped_by_user: bool = False  # docker stop/kill: "unless-stopped" keeps it down
     has_been_started: bool = False
+    # State.Health of a container with a health check (agent.containers.health), else None
+    health: dict[str, Any] | None = None
 
     @property
     def running(self) -> bool:
@@ -56,6 +58,8 @@ class Container:
     directory: str
     state: State = field(default_factory=State)
     network: dict[str, Any] = field(default_factory=dict)  # IPAddress, Gateway, MacAddress…
+    # NetworkingConfig.EndpointsConfig: network name -> Aliases, IPAMConfig… (networks/attachments)
+    endpoints_config: dict[str, Any] = field(default_factory=dict)
     mounts: list[dict[str, Any]] = field(default_factory=list)  # inspect's Mounts
     exec_ids: list[str] = field(default_factory=list)
 

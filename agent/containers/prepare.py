@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from agent.containers import options, rootfs
+from agent.containers import health, options, rootfs
 from agent.containers.model import Container
 from agent.errors import BadRequest, Conflict
 from agent.runtime import capabilities, linux, seccomp, seccomp_default, users
@@ -30,6 +30,7 @@ class Preparer:
         self.get = lookup
         self.volumes = volumes
         self.host_resolv_conf = host_resolv_conf
+        self.host_gateway = ""  # the host's address for host-gateway (set by the engine)
         self._lock = threading.Lock()
         self._seccomp_cache: dict[frozenset[str], object] = {}
 
@@ -75,6 +76,11 @@ class Preparer:
             env.append("TERM=xterm")
         if "HOME" not in keys:
             env.append(f"HOME={identity.home}")
+        if overrides is None and network_mode(host_config) == "bridge":
+            from agent.network import links
+
+            for target, alias in links.targets(container, self.get):
+                env += links.environment(container, target, alias)
         if overrides is not None:
             argv = list(extra.get("Cmd") or [])
             stdin = bool(extra.get("AttachStdin"))
@@ -157,7 +163,8 @@ class Preparer:
             "uts": str(host_config.get("UTSMode") or ""),
         }
         mode = network_mode(host_config)
-        modes["net"] = "" if mode == "bridge" else mode
+        # a user-defined network, like the default bridge, is a new namespace of its own
+        modes["net"] = mode if mode in ("host", "none") or ":" in mode else ""
         for kind, value in modes.items():
             if value == "host":
                 new.discard(kind)
@@ -308,24 +315,42 @@ class Preparer:
             host_config.get("DnsSearch") or [],
             host_config.get("DnsOptions") or [],
         )
+        if mode not in ("bridge", "none", "host") and not mode.startswith("container:"):
+            from agent.network.attachments import embedded_resolv_conf
+
+            text = embedded_resolv_conf(text)  # a user-defined network: the embedded DNS
         write_file(container.etc_file("resolv.conf"), text)
 
     def write_hosts(self, container: Container, address: str) -> None:
-        text = rootfs.hosts_file(
-            str(container.config.get("Hostname") or ""),
-            address,
-            container.host_config.get("ExtraHosts") or [],
-        )
+        from agent.network import links
+
+        extra = [
+            f"{e.rpartition(':')[0]}:{self.host_gateway}"
+            if e.endswith(":host-gateway") and self.host_gateway
+            else e
+            for e in container.host_config.get("ExtraHosts") or []
+        ]
+        on_default_bridge = network_mode(container.host_config) == "bridge" and address
+        if on_default_bridge and self.host_gateway:  # as Docker Desktop: the host by name
+            extra.append(f"host.docker.internal:{self.host_gateway}")
+        text = rootfs.hosts_file(str(container.config.get("Hostname") or ""), address, extra)
+        if on_default_bridge:
+            for target, alias in links.targets(container, self.get):
+                text += "".join(links.hosts_entries(target, alias))
         write_file(container.etc_file("hosts"), text)
 
 
 def network_mode(host_config: dict[str, Any]) -> str:
+    """bridge, none, host, container:<id>, or the name of a user-defined network (whose
+    existence the manager checks)."""
     mode = str(host_config.get("NetworkMode") or "default")
     if mode in ("default", "bridge"):
         return "bridge"
     if mode in ("none", "host") or mode.startswith("container:"):
         return mode
-    raise options.OptionError(f"network {mode} not found")
+    if ":" in mode or not mode.strip():
+        raise options.OptionError(f"network {mode} not found")
+    return mode
 
 
 def linux_flags_default_tmpfs() -> int:
@@ -387,6 +412,9 @@ def merge_image_config(body: dict[str, Any], image: dict[str, Any]) -> dict[str,
     exposed = dict(image.get("ExposedPorts") or {})
     exposed.update(body.get("ExposedPorts") or {})
     config["ExposedPorts"] = exposed or None
+    check = health.merge_healthcheck(body.get("Healthcheck"), image.get("Healthcheck"))
+    if check is not None:
+        config["Healthcheck"] = check
     config["Image"] = body.get("Image")
     return config
 

@@ -222,6 +222,8 @@ def run_ps(ps_args: str, pids: list[int]) -> dict[str, object]:
         args = shlex.split(ps_args)
     except ValueError as error:
         raise BadRequest(f"invalid ps_args {ps_args!r}: {error}") from None
+    if "\0" in ps_args:
+        raise BadRequest("invalid ps_args: it holds a NUL byte")
     program = shutil.which("ps")
     if program is None:
         raise AgentError(500, "ps is not installed here: use docker top without ps arguments")

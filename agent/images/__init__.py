@@ -1,24 +1,6 @@
-"""The agent's local image store: references, layer extraction, the store, `docker load`."""
+"""The agent's local image store: references, layer extraction, the store, `docker load`.
 
-from agent.images.archive import ArchiveError, LoadedImage, load_archive
-from agent.images.layers import LayerError, LayerInfo, extract_layer
-from agent.images.reference import InvalidReference, Reference, familiar, parse
-from agent.images.store import Image, ImageInUse, ImageNotFound, ImageStore, InvalidImage
-
-__all__ = [
-    "ArchiveError",
-    "Image",
-    "ImageInUse",
-    "ImageNotFound",
-    "ImageStore",
-    "InvalidImage",
-    "InvalidReference",
-    "LayerError",
-    "LayerInfo",
-    "LoadedImage",
-    "Reference",
-    "extract_layer",
-    "familiar",
-    "load_archive",
-    "parse",
-]
+Import the submodules themselves (agent.images.store, …): an __init__ that imported them
+all made a cycle (store → agent.images → archive → store), which breaks when two threads
+import these modules at once (a request handler beside the engine's opening).
+"""

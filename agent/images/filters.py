@@ -219,3 +219,33 @@ class ImageFilter:
             "label!" in self.filters
             and any(_labels_match(image, [item]) for item in self.filters["label!"])
         )
+
+
+def _lineage(image: Image) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    history = image.config.get("history") or []
+    steps = tuple(
+        f"{h.get('created', '')}\0{h.get('created_by', '')}" for h in history if isinstance(h, dict)
+    )
+    return steps, tuple(image.diff_ids)
+
+
+def intermediates(images: list[Image]) -> set[str]:
+    """The ids of untagged images another image was built on (its history and layers
+    begin with theirs): the steps of a classic build, which `docker images` hides
+    without --all."""
+    lineages = {image.id: _lineage(image) for image in images}
+    found = set()
+    for image in images:
+        if image.repo_tags:
+            continue
+        steps, layers = lineages[image.id]
+        for other_id, (other_steps, other_layers) in lineages.items():
+            if (
+                other_id != image.id
+                and len(other_steps) > len(steps)
+                and other_steps[: len(steps)] == steps
+                and other_layers[: len(layers)] == layers
+            ):
+                found.add(image.id)
+                break
+    return found

@@ -257,6 +257,13 @@ class ImageStore:
                     _remove(stage)
         return self._image(image_id)
 
+    def has_layer_chain(self, chain: str) -> bool:
+        """Whether a layer stack is stored whole (a pull need not fetch it)."""
+        return self._has_complete_layer(chain)
+
+    def has_image(self, image_id: str) -> bool:
+        return (self.configs_dir / f"{_hex(image_id)}.json").exists()
+
     def _has_layer(self, chain: str) -> bool:
         return (self.layers_dir / _hex(chain) / "meta.json").exists()
 
@@ -460,6 +467,14 @@ class ImageStore:
             self._tags[str(target)] = image_id
             self._write_repositories()
         return target
+
+    def add_digest_reference(self, image_id: str, ref: Reference) -> None:
+        """Record ``name@sha256:…`` for an image pulled or pushed (its RepoDigests)."""
+        if not ref.digest or ref.tag:
+            raise InvalidReference(f"{ref} is not a digest reference")
+        with self._lock:
+            self._digests[str(ref)] = image_id
+            self._write_repositories()
 
     def untag(self, ref: str | Reference) -> str:
         """Remove one tag (or digest reference); returns the id it pointed at."""

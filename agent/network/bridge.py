@@ -102,6 +102,14 @@ def run_nft(script: str, purpose: str) -> None:
         )
 
 
+def enable_forwarding() -> None:
+    try:
+        with open(IP_FORWARD, "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise NetworkError(f"cannot enable IPv4 forwarding in {IP_FORWARD}: {e}") from e
+
+
 def loopback_up(netns_fd: int) -> None:
     """Bring up `lo` in the network namespace of netns_fd (all a --network none container gets)."""
     try:
@@ -111,41 +119,39 @@ def loopback_up(netns_fd: int) -> None:
         raise NetworkError(f"cannot bring up the loopback interface: {e.strerror}") from e
 
 
-class DefaultBridge:
-    """The default bridge `name` over `subnet`, with leases kept under state_dir."""
+class Bridge:
+    """A Linux bridge `name` over `subnet` whose gateway address it holds, with the leases
+    of its containers kept in the JSON file `leases_path`. The default bridge and every
+    user-defined network are one of these."""
 
     def __init__(
         self,
-        state_dir: str,
-        name: str = "vmctl0",
-        subnet: str = DEFAULT_SUBNET,
+        leases_path: str,
+        name: str,
+        subnet: str,
+        gateway: str | None = None,
+        ip_range: str | None = None,
         mtu: int = 1500,
     ) -> None:
         if not 0 < len(name) < 16:
             raise NetworkError(f"bridge name {name!r} must have 1 to 15 characters")
         self.name = name
         self.mtu = mtu
-        self.ipam = Ipam(os.path.join(state_dir, f"{name}-leases.json"), subnet)
+        self.ipam = Ipam(leases_path, subnet, gateway, ip_range)
         self.subnet = str(self.ipam.network)
         self.gateway = self.ipam.gateway
         self.prefix = self.ipam.prefix
         self._broadcast = str(self.ipam.network.broadcast_address)
         self._lock = threading.Lock()
 
-    def ensure(self) -> None:
-        """Create and configure the bridge, forwarding and NAT; harmless when already done."""
+    def ensure_link(self) -> None:
+        """Create the bridge with its gateway address and bring it up (idempotent)."""
         with self._lock:
             try:
                 with RouteSocket() as host:
                     self._ensure_link(host)
             except OSError as e:
                 raise NetworkError(f"cannot set up bridge {self.name}: {e.strerror}") from e
-            try:
-                with open(IP_FORWARD, "w") as f:
-                    f.write("1")
-            except OSError as e:
-                raise NetworkError(f"cannot enable IPv4 forwarding in {IP_FORWARD}: {e}") from e
-            run_nft(nft_ruleset(self.name, self.subnet), f"install NAT for bridge {self.name}")
 
     def _ensure_link(self, host: RouteSocket) -> None:
         link = host.get_link(self.name)
@@ -167,15 +173,24 @@ class DefaultBridge:
         if not link.up:
             host.set_up(link.index)
 
-    def attach(self, container_id: str, netns_fd: int) -> Endpoint:
-        """Connect the container whose network namespace is netns_fd; returns its endpoint."""
-        address = self.ipam.allocate(container_id)
+    def attach(
+        self,
+        container_id: str,
+        netns_fd: int,
+        ifname: str = CONTAINER_IFNAME,
+        host_veth: str | None = None,
+        address: str | None = None,
+        default_route: bool = True,
+    ) -> Endpoint:
+        """Connect the container whose network namespace is netns_fd as `ifname` (with the
+        `address` asked for, else the next free one); returns its endpoint."""
+        address = self.ipam.allocate(container_id, address)
         endpoint = Endpoint(
             ip=address,
             prefix=self.prefix,
             gateway=self.gateway,
             mac=mac_for(address),
-            host_veth=veth_name(container_id),
+            host_veth=host_veth or veth_name(container_id),
         )
         created = False
         try:
@@ -187,20 +202,21 @@ class DefaultBridge:
                         "restart the agent"
                     )
                 try:
-                    self._create_veth(host, endpoint, bridge.index, netns_fd)
+                    self._create_veth(host, endpoint, bridge.index, netns_fd, ifname)
                 except FileExistsError:
                     if host.get_link(endpoint.host_veth) is None:
-                        raise  # the clash is eth0 inside the container
+                        raise  # the clash is inside the container
                     # Left behind by an interrupted start of this container: replace it.
                     host.delete_link(endpoint.host_veth)
-                    self._create_veth(host, endpoint, bridge.index, netns_fd)
+                    self._create_veth(host, endpoint, bridge.index, netns_fd, ifname)
                 created = True
             with open_in_netns(netns_fd) as inside:
                 inside.set_up(LOOPBACK_IFINDEX)
-                eth0 = inside.link_index(CONTAINER_IFNAME)
-                inside.set_up(eth0)
-                inside.add_address(eth0, address, self.prefix, self._broadcast)
-                inside.add_default_route(self.gateway, eth0)
+                index = inside.link_index(ifname)
+                inside.set_up(index)
+                inside.add_address(index, address, self.prefix, self._broadcast)
+                if default_route:
+                    inside.add_default_route(self.gateway, index)
         except BaseException as e:
             if created:
                 self._delete_link(endpoint.host_veth, ignore_errors=True)
@@ -214,12 +230,12 @@ class DefaultBridge:
         return endpoint
 
     def _create_veth(
-        self, host: RouteSocket, endpoint: Endpoint, bridge_index: int, netns_fd: int
+        self, host: RouteSocket, endpoint: Endpoint, bridge_index: int, netns_fd: int, ifname: str
     ) -> None:
-        # One request: host end enslaved and up, peer born inside the container as eth0.
+        # One request: host end enslaved and up, peer born inside the container, named.
         host.create_veth(
             endpoint.host_veth,
-            CONTAINER_IFNAME,
+            ifname,
             peer_netns_fd=netns_fd,
             peer_mac=endpoint.mac,
             mtu=self.mtu,
@@ -227,19 +243,18 @@ class DefaultBridge:
             up=True,
         )
 
-    def endpoint(self, container_id: str) -> Endpoint | None:
+    def endpoint(self, container_id: str, host_veth: str | None = None) -> Endpoint | None:
         """The endpoint of a container that holds a lease (e.g. one re-adopted after restart)."""
         address = self.ipam.lookup(container_id)
         if address is None:
             return None
-        return Endpoint(
-            address, self.prefix, self.gateway, mac_for(address), veth_name(container_id)
-        )
+        veth = host_veth or veth_name(container_id)
+        return Endpoint(address, self.prefix, self.gateway, mac_for(address), veth)
 
-    def detach(self, container_id: str) -> None:
+    def detach(self, container_id: str, host_veth: str | None = None) -> None:
         """Remove the container's veth pair, if still there, and release its address."""
         try:
-            self._delete_link(veth_name(container_id))
+            self._delete_link(host_veth or veth_name(container_id))
         except OSError as e:
             raise NetworkError(
                 f"cannot disconnect container {container_id[:12]} from bridge {self.name}: "
@@ -257,13 +272,36 @@ class DefaultBridge:
             if e.errno != errno.ENODEV and not ignore_errors:
                 raise
 
+    def remove_link(self) -> None:
+        """Delete the bridge itself (its veths go with it)."""
+        try:
+            self._delete_link(self.name)
+        except OSError as e:
+            raise NetworkError(f"cannot delete bridge {self.name}: {e.strerror}") from e
+
+
+class DefaultBridge(Bridge):
+    """The default bridge, with leases kept under state_dir, NAT and forwarding."""
+
+    def __init__(
+        self,
+        state_dir: str,
+        name: str = "vmctl0",
+        subnet: str = DEFAULT_SUBNET,
+        mtu: int = 1500,
+    ) -> None:
+        super().__init__(os.path.join(state_dir, f"{name}-leases.json"), name, subnet, mtu=mtu)
+
+    def ensure(self) -> None:
+        """Create and configure the bridge, forwarding and NAT; harmless when already done."""
+        self.ensure_link()
+        enable_forwarding()
+        run_nft(nft_ruleset(self.name, self.subnet), f"install NAT for bridge {self.name}")
+
     def teardown(self) -> None:
         """Remove the nftables table and the bridge (leases stay); for tests and uninstall."""
         run_nft(
             f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n",
             f"remove the NAT table of bridge {self.name}",
         )
-        try:
-            self._delete_link(self.name)
-        except OSError as e:
-            raise NetworkError(f"cannot delete bridge {self.name}: {e.strerror}") from e
+        self.remove_link()

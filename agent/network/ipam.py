@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 
+from agent.errors import AgentError
 from agent.network import NetworkError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,13 @@ class AddressesExhausted(NetworkError):
     """Every address of the subnet is leased."""
 
 
+class AddressUnavailable(AgentError):
+    """A requested address (--ip) is invalid, outside the subnet or taken: the client's fault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
 def mac_for(address: str) -> str:
     """The MAC docker derives from an IPv4 address: 02:42 then the four address bytes."""
     packed = ipaddress.IPv4Address(address).packed
@@ -39,11 +47,21 @@ def mac_for(address: str) -> str:
 class Ipam:
     """Leases of the addresses of `subnet`, one per owner (a container id), stored at `path`."""
 
-    def __init__(self, path: str, subnet: str = DEFAULT_SUBNET, gateway: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        subnet: str = DEFAULT_SUBNET,
+        gateway: str | None = None,
+        ip_range: str | None = None,
+    ):
         try:
             self.network = ipaddress.IPv4Network(subnet)
+            # automatic addresses come from ip_range (--ip-range); --ip may pick any
+            self.pool = ipaddress.IPv4Network(ip_range) if ip_range else self.network
         except ValueError as e:
-            raise NetworkError(f"invalid subnet {subnet!r}: {e}") from None
+            raise NetworkError(f"invalid subnet {subnet!r} or range {ip_range!r}: {e}") from None
+        if not self.pool.subnet_of(self.network):
+            raise NetworkError(f"IP range {ip_range} is outside subnet {subnet}")
         if self.network.num_addresses < 4:
             raise NetworkError(f"subnet {subnet} is too small for a gateway and a container")
         self.gateway = gateway or str(self.network.network_address + 1)
@@ -58,15 +76,22 @@ class Ipam:
     def prefix(self) -> int:
         return self.network.prefixlen
 
-    def allocate(self, owner: str) -> str:
-        """The owner's address: its existing lease, else the lowest free address."""
+    def allocate(self, owner: str, wanted: str | None = None) -> str:
+        """The owner's address: its existing lease, else `wanted` (--ip), else the lowest
+        free address of the pool."""
         with self._lock:
-            if owner in self._leases:
-                return str(ipaddress.IPv4Address(self._leases[owner]))
             taken = set(self._leases.values())
             taken.add(int(ipaddress.IPv4Address(self.gateway)))
-            first = int(self.network.network_address) + 1
-            last = int(self.network.broadcast_address) - 1
+            if wanted:
+                candidate = self._wanted(owner, wanted, taken)
+                if self._leases.get(owner) != candidate:
+                    self._save({**self._leases, owner: candidate})
+                    self._leases[owner] = candidate
+                return wanted
+            if owner in self._leases:
+                return str(ipaddress.IPv4Address(self._leases[owner]))
+            first = max(int(self.pool.network_address), int(self.network.network_address) + 1)
+            last = min(int(self.pool.broadcast_address), int(self.network.broadcast_address) - 1)
             for candidate in range(first, last + 1):
                 if candidate not in taken:
                     break
@@ -78,6 +103,22 @@ class Ipam:
             self._save({**self._leases, owner: candidate})
             self._leases[owner] = candidate
             return str(ipaddress.IPv4Address(candidate))
+
+    def _wanted(self, owner: str, wanted: str, taken: set[int]) -> int:
+        try:
+            address = ipaddress.IPv4Address(wanted)
+        except ValueError:
+            raise AddressUnavailable(f"invalid IPv4 address {wanted!r}") from None
+        if address not in self.network or address in (
+            self.network.network_address,
+            self.network.broadcast_address,
+        ):
+            raise AddressUnavailable(
+                f"address {wanted} is not a host address of subnet {self.network}"
+            )
+        if int(address) in taken and self._leases.get(owner) != int(address):
+            raise AddressUnavailable(f"address {wanted} is already in use on {self.network}")
+        return int(address)
 
     def release(self, owner: str) -> str | None:
         """Drop the owner's lease; returns the address it had, or None if it had none."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.docker_suite import DockerCLI
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -187,3 +189,28 @@ def running_vm(vm: VM) -> VM:
     elif vm.status()["state"] != "running" or not vm.socket.exists():
         vm.vmctl("machine", "start", timeout=900)
     return vm
+
+
+class Engine(DockerCLI):
+    """The docker CLI pointed at one machine's engine socket, remembering what it names."""
+
+    def __init__(self, vm: VM) -> None:
+        super().__init__(vm.socket, vm.env)
+        self.vm = vm
+
+    def state(self, name: str) -> dict[str, object]:
+        state = self.inspect(name)["State"]
+        assert isinstance(state, dict)
+        return state
+
+    def exec_ok(self, name: str, command: str) -> str:
+        return self.ok("exec", name, "sh", "-c", command)
+
+
+@pytest.fixture
+def engine(running_vm: VM) -> Iterator[Engine]:
+    client = Engine(running_vm)
+    try:
+        yield client
+    finally:
+        client.cleanup()

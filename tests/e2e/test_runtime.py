@@ -18,35 +18,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.docker_suite import DockerCLI
-from tests.e2e.conftest import VM
+from tests.e2e.conftest import Engine
 
 pytestmark = pytest.mark.e2e
-
-
-class Engine(DockerCLI):
-    """The docker CLI pointed at one machine's engine socket, remembering what it names."""
-
-    def __init__(self, vm: VM) -> None:
-        super().__init__(vm.socket, vm.env)
-        self.vm = vm
-
-    def state(self, name: str) -> dict[str, object]:
-        state = self.inspect(name)["State"]
-        assert isinstance(state, dict)
-        return state
-
-    def exec_ok(self, name: str, command: str) -> str:
-        return self.ok("exec", name, "sh", "-c", command)
-
-
-@pytest.fixture
-def engine(running_vm: VM) -> Iterator[Engine]:
-    client = Engine(running_vm)
-    try:
-        yield client
-    finally:
-        client.cleanup()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -156,6 +156,14 @@ class NativeAgent:
     root: str
     env: dict[str, str]
     client: EngineClient
+    pid: int  # `unshare -n` and `vmctl engine serve` exec: the agent's own process
+
+    def netns(self) -> list[str]:
+        """The command prefix that runs a program in the agent's network namespace (its
+        loopback brought up: `unshare -n` leaves it down, a VM's is up)."""
+        prefix = ["nsenter", f"--net=/proc/{self.pid}/ns/net"]
+        subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
+        return prefix
 
     def vmctl(
         self, *argv: str, input: bytes | None = None, check: bool = False
@@ -192,6 +200,16 @@ def _wait_ready(client: EngineClient, process: subprocess.Popen[bytes], log: Pat
     pytest.fail(f"the agent did not answer within 30 s:\n{log.read_text()}")
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @pytest.fixture(scope="module")
 def agent() -> Iterator[NativeAgent]:
     """`vmctl engine serve` (the agent, busybox preloaded from the host's busybox-static)
@@ -211,18 +229,13 @@ def agent() -> Iterator[NativeAgent]:
     env["PYTHONPATH"] = str(REPO)
     try:
         _wait_ready(client, process, log)
-        yield NativeAgent(sock, root, env, client)
+        yield NativeAgent(sock, root, env, client, process.pid)
     finally:
         try:
             with contextlib.suppress(VmctlError, OSError):
                 for container in client.list_containers(all=True):
                     client.remove_container(container["Id"], force=True, volumes=True)
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process)
             leftover = mounts_under(root)
         finally:
             for mount in reversed(mounts_under(root)):

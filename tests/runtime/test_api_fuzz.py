@@ -67,6 +67,14 @@ BLOCKING = {
     ("GET", "/containers/{id}/stats"),
     ("POST", "/exec/{id}/start"),
 }
+# These dial a registry (or a build context's URL); the test agent has no network, so an
+# upstream that cannot be reached is the one 5xx they may answer: 502, with a message.
+DIAL_OUT = {
+    ("POST", "/auth"),
+    ("POST", "/images/create"),
+    ("POST", "/images/{name}/push"),
+    ("POST", "/build"),
+}
 
 
 class Relay:
@@ -160,6 +168,14 @@ def aim_at_real_objects(case: object, agent: NativeAgent) -> None:
             params[key] = target
 
 
+def _has_message(response: object) -> bool:
+    try:
+        body = response.json()  # type: ignore[attr-defined]
+    except ValueError:
+        return False
+    return isinstance(body, dict) and bool(body.get("message"))
+
+
 def test_generated_requests_never_get_a_5xx(agent: NativeAgent, relay: Relay) -> None:
     operations = implemented_operations()
     assert len(operations) >= 15, [f"{o.method} {o.path}" for o in operations]  # type: ignore[attr-defined]
@@ -180,6 +196,9 @@ def test_generated_requests_never_get_a_5xx(agent: NativeAgent, relay: Relay) ->
             aim_at_real_objects(case, agent)
             response = case.call(base_url=base_url, timeout=TIMEOUT)  # type: ignore[attr-defined]
             where = f"{case.method} {case.formatted_path}"  # type: ignore[attr-defined]
+            upstream = (case.method.upper(), case.path) in DIAL_OUT  # type: ignore[attr-defined]
+            if response.status_code == 502 and upstream and _has_message(response):
+                return
             if response.status_code >= 500:
                 failures.append(f"{where} -> {response.status_code}: {response.text[:300]}")
             elif response.status_code >= 400 and response.request.method != "HEAD":

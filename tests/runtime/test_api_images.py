@@ -258,9 +258,10 @@ def test_run_of_an_unknown_image_exits_125(dk: DockerCLI) -> None:
     run = dk("run", "--rm", "nosuchimage:1.0", "true")
     assert run.returncode == 125, run.stderr
     assert "Unable to find image 'nosuchimage:1.0' locally" in run.stderr
-    assert "cannot pull images yet" in run.stderr and "nosuchimage:1.0" in run.stderr
+    # the agent's private network namespace has no way out: the registry is unreachable
+    assert "cannot reach registry registry-1.docker.io" in run.stderr, run.stderr
     pull = dk("pull", "example.com/some/image:2")
-    assert pull.returncode == 1 and "pull access to example.com" in pull.stderr
+    assert pull.returncode == 1 and "cannot reach registry example.com" in pull.stderr
 
 
 # --- filters and prune ------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def test_the_python_sdk(dk: DockerCLI) -> None:
     [loaded] = client.images.load(archive)
     assert loaded.id == busybox.id and f"{alias}:1" in loaded.tags
     assert busybox.history()[0]["Id"] == busybox.id
-    with pytest.raises(docker.errors.NotFound, match="cannot pull images yet"):
+    with pytest.raises(docker.errors.APIError, match="cannot reach registry"):
         client.images.pull("nosuchimage", tag="1.0")
     assert client.images.prune(filters={"dangling": True})["SpaceReclaimed"] >= 0
     client.close()
