@@ -8,6 +8,7 @@ the modules involved form no import cycle; taking turns makes it safe whatever t
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from types import ModuleType
 
@@ -15,5 +16,8 @@ _LOCK = threading.RLock()
 
 
 def import_module(name: str) -> ModuleType:
+    module = sys.modules.get(name)
+    if module is not None and not getattr(module.__spec__, "_initializing", False):
+        return module  # done already: no waiting behind another thread's imports
     with _LOCK:
         return importlib.import_module(name)

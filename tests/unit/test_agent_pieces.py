@@ -220,3 +220,29 @@ def test_create_body_refuses_unknown_and_mistyped_fields() -> None:
             assert message in error.message, (body, error.message)
         else:
             raise AssertionError(f"accepted {body}")
+
+
+def test_lazy_imports_take_turns_but_never_wait_for_a_loaded_module() -> None:
+    import threading
+
+    import agent.errors
+    from agent import lazy_import
+
+    assert lazy_import.import_module("agent.errors") is agent.errors
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lazy_import._LOCK:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(10)
+        # another thread is importing: a module already loaded comes back at once
+        assert lazy_import.import_module("agent.errors").__name__ == "agent.errors"
+    finally:
+        release.set()
+        holder.join()
