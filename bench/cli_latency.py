@@ -104,13 +104,14 @@ def wait_ready(cli: str, subject: Subject, config: str, log: Path) -> None:
     raise SystemExit(f"{subject.name} did not answer within {READY_TIMEOUT:.0f} s")
 
 
-def start_ours(tmp: Path, tarball: Path) -> tuple[Subject, Path]:
+def start_ours(tmp: Path, tarball: Path | None) -> tuple[Subject, Path]:
     short = Path(tempfile.mkdtemp(prefix="cl"))  # unix socket paths are short
     sock = short / "engine.sock"
     log = tmp / "ours.log"
     argv = ["unshare", "-n", sys.executable, "-m", "agent", "--socket", str(sock)]
     argv += ["--root", str(tmp / "ours"), "--run-root", str(short / "run")]
-    argv += ["--preload", str(tarball), "--log-level", "WARNING"]
+    argv += ["--preload", str(tarball)] if tarball else []
+    argv += ["--log-level", "WARNING"]
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     return Subject("ours (native)", str(sock), process), short

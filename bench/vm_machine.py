@@ -47,10 +47,13 @@ def bench_machine(name: str, env: dict[str, str] | None = None) -> Iterator[str]
         cwd=ROOT,
         env=env,
     )
-    running = status.returncode == 0 and json.loads(status.stdout).get("state") == "running"
+    exists = status.returncode == 0
+    running = exists and json.loads(status.stdout).get("state") == "running"
+    if not exists:
+        vmctl("machine", "create", name, "--no-mount", env=env)
     if not running:
         print(f"starting machine {name}…", file=sys.stderr)
-        vmctl("machine", "start", name, "--no-mount", env=env)
+        vmctl("machine", "start", name, env=env)
     try:
         yield machine_socket(name, env)
     finally:
