@@ -218,11 +218,16 @@ class ImageStore:
 
     # --- loading ----------------------------------------------------------------------
 
-    def load_layers_and_config(self, config_bytes: bytes, open_layer: LayerOpener) -> Image:
+    def load_layers_and_config(
+        self, config_bytes: bytes, open_layer: LayerOpener, parallel: int = 1
+    ) -> Image:
         """Store an image: extract the layers it lacks, check their DiffIDs, save the config.
 
         ``open_layer(i)`` is called only for layers not already present; the store reads the
-        stream to its end and closes it. On any error nothing new is stored.
+        stream to its end and closes it. With ``parallel`` > 1 that many layers are
+        extracted at once (each goes to its own directory; hashing, inflating and writing
+        release the GIL), for openers whose streams are independent (a pull's downloads,
+        not one `docker load` archive). On any error nothing new is stored.
         """
         try:
             config = json.loads(config_bytes)
@@ -239,11 +244,12 @@ class ImageStore:
             # may have removed one meanwhile, and then it is extracted after all. A layer
             # stored without a tar record (an older agent) is extracted again for its record.
             for _ in range(3):
-                for index, (diff_id, chain) in enumerate(zip(diff_ids, chains, strict=True)):
-                    if chain in staged or self._has_complete_layer(chain):
-                        continue
-                    parent = chains[index - 1] if index else ""
-                    staged[chain] = self._stage_layer(open_layer, index, diff_id, chain, parent)
+                missing = [
+                    (index, diff_id, chain, chains[index - 1] if index else "")
+                    for index, (diff_id, chain) in enumerate(zip(diff_ids, chains, strict=True))
+                    if chain not in staged and not self._has_complete_layer(chain)
+                ]
+                self._stage_layers(open_layer, missing, staged, parallel)
                 with self._lock:
                     if all(c in staged or self._has_layer(c) for c in chains):
                         self._commit(staged)
@@ -256,6 +262,35 @@ class ImageStore:
                 if stage.exists():
                     _remove(stage)
         return self._image(image_id)
+
+    def _stage_layers(
+        self,
+        open_layer: LayerOpener,
+        missing: list[tuple[int, str, str, str]],
+        staged: dict[str, Path],
+        parallel: int,
+    ) -> None:
+        """Extract ``missing`` (index, diff id, chain, parent) into ``staged``; the first
+        failure in layer order is raised once every extraction has ended."""
+        if parallel <= 1 or len(missing) <= 1:
+            for index, diff_id, chain, parent in missing:
+                staged[chain] = self._stage_layer(open_layer, index, diff_id, chain, parent)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(parallel, thread_name_prefix="extract") as pool:
+            futures = [
+                (chain, pool.submit(self._stage_layer, open_layer, index, diff_id, chain, parent))
+                for index, diff_id, chain, parent in missing
+            ]
+            failures: list[BaseException] = []
+            for chain, future in futures:
+                try:
+                    staged[chain] = future.result()
+                except BaseException as error:  # each stage removed itself on failure
+                    failures.append(error)
+        if failures:
+            raise failures[0]
 
     def has_layer_chain(self, chain: str) -> bool:
         """Whether a layer stack is stored whole (a pull need not fetch it)."""

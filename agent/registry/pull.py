@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -27,6 +28,9 @@ from agent.registry.endpoint import resolve
 from agent.registry.manifest import Descriptor, ImageManifest, Platform
 from agent.registry.options import RegistryOptions
 from agent.registry.progress import Progress
+
+# layers extracted at once: each into its own directory, on as many CPUs as there are
+EXTRACTORS = max(2, min(WORKERS, os.cpu_count() or 1))
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +177,9 @@ class PullPlan:
                 path = downloads.wait(blob)
                 return cast(BinaryIO, _Extracting(path, blob, progress))
 
-            image = self.store.load_layers_and_config(self.config_bytes, open_layer)
+            image = self.store.load_layers_and_config(
+                self.config_bytes, open_layer, parallel=EXTRACTORS
+            )
             downloads.release(delete=True)  # in the store now; a failed pull keeps them
         finally:
             downloads.close()
