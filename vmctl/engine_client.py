@@ -818,6 +818,23 @@ class EngineClient:
         write: Callable[[ChunkedWriter], None],
     ) -> bytes:
         """Send a tar that ``write`` produces as a chunked body; the answer's body."""
+        exchange, status, response_headers = self._send_tar(method, path, query, write)
+        try:
+            return exchange.read_body(status, response_headers)
+        except OSError as e:
+            raise self._broken(e) from None
+        finally:
+            exchange.close()
+
+    def _send_tar(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any],
+        write: Callable[[ChunkedWriter], None],
+    ) -> tuple[HttpExchange, int, dict[str, str]]:
+        """Send a tar that ``write`` produces as a chunked body; the exchange with its
+        response head read. Error statuses raise."""
         headers = {
             "Connection": "close",
             "Content-Type": "application/x-tar",
@@ -833,11 +850,13 @@ class EngineClient:
             status, response_headers = exchange.read_head()
             if status >= 400:
                 raise EngineError(status, _error_message(exchange, status, response_headers))
-            return exchange.read_body(status, response_headers)
         except OSError as e:
-            raise self._broken(e) from None
-        finally:
             exchange.close()
+            raise self._broken(e) from None
+        except BaseException:
+            exchange.close()
+            raise
+        return exchange, status, response_headers
 
     def _json_lines(
         self, exchange: HttpExchange, status: int, headers: dict[str, str]
@@ -862,28 +881,7 @@ class EngineClient:
     ) -> Iterator[dict[str, Any]]:
         """POST /build: send the context tar ``write`` produces; the progress messages as
         they come ({"stream": …}, {"aux": {"ID": …}}); an error message raises."""
-        headers = {
-            "Connection": "close",
-            "Content-Type": "application/x-tar",
-            "Transfer-Encoding": "chunked",
-        }
-        exchange = HttpExchange(self._connect(None))
-        try:
-            exchange.send("POST", self._target("/build", query), None, headers)
-            body = ChunkedWriter(exchange.sock)
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                write(body)  # the engine may refuse before the end: its answer says why
-                body.finish()
-            status, response_headers = exchange.read_head()
-            if status >= 400:
-                raise EngineError(status, _error_message(exchange, status, response_headers))
-        except OSError as e:
-            exchange.close()
-            raise self._broken(e) from None
-        except BaseException:
-            exchange.close()
-            raise
-
+        exchange, status, response_headers = self._send_tar("POST", "/build", query, write)
         return self._json_lines(exchange, status, response_headers)
 
     def top(self, container: str, ps_args: str = "") -> dict[str, Any]:

@@ -9,11 +9,11 @@ continued instruction are skipped, as the docker parser does.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
 from agent.build.errors import BuildError
+from agent.images.config_changes import json_array
 
 INSTRUCTIONS = frozenset(
     {
@@ -155,17 +155,3 @@ def _flags(keyword: str, rest: str, line: int) -> tuple[dict[str, str], str]:
             raise BuildError(f"dockerfile parse error on line {line}: duplicate flag: {name}")
         flags[name] = value if sep else "true"
     return flags, rest
-
-
-def json_array(text: str) -> list[str] | None:
-    """The exec form: a JSON array of strings, or None when the text is the shell form."""
-    stripped = text.strip()
-    if not stripped.startswith("["):
-        return None
-    try:
-        value = json.loads(stripped)
-    except ValueError:
-        return None
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
-    return None

@@ -142,7 +142,7 @@ def _words(text: str, env: dict[str, str] | None) -> list[str]:
     return [_process(word, env) for word in _raw_words(text)]
 
 
-def _json_array(text: str) -> list[str] | None:
+def json_array(text: str) -> list[str] | None:
     """The JSON (exec) form of an argument list, or None for the shell form."""
     stripped = text.strip()
     if not stripped.startswith("["):
@@ -173,7 +173,7 @@ class _Applier:
         self.cmd_set = False
 
     def command(self, keyword: str, text: str) -> list[str]:
-        exec_form = _json_array(text)
+        exec_form = json_array(text)
         if exec_form is not None:
             return exec_form
         if not text.strip():
@@ -245,7 +245,7 @@ class _Applier:
         self.config["WorkingDir"] = posixpath.normpath(path)
 
     def volume(self, text: str) -> None:
-        paths = _json_array(text)
+        paths = json_array(text)
         if paths is None:
             paths = _words(text, _env_map(self.config))
         if not paths:
@@ -305,7 +305,7 @@ class _Applier:
             return
         if kind.upper() != "CMD":
             raise ChangeError(f"unknown type {kind!r} in HEALTHCHECK (try CMD)")
-        exec_form = _json_array(args)
+        exec_form = json_array(args)
         if exec_form is not None:
             test = ["CMD", *exec_form]
         elif args.strip():
