@@ -127,9 +127,9 @@ def configure_registries(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from agent.network import host_gateway, ports
+    from agent.network import host_gateway, published
 
-    ports.set_published_on(args.published_on)
+    published.set_published_on(args.published_on)
 
     try:
         host_gateway.configure(args.host_gateway)

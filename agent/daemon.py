@@ -44,7 +44,7 @@ def wait_for(path: str, poll: float = 0.02) -> None:
     import importlib
     import time
 
-    importlib.import_module("agent.api.system")
+    importlib.import_module("agent.api.system")  # /_ping's handler: the host's first request
     while not os.path.exists(path):
         time.sleep(poll)
 

@@ -6,6 +6,7 @@ waits for it."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ class _Opener:
                 self._error = str(error)
             finally:
                 self._ready.set()
+                mark_opened(str(kwargs.get("run_root") or ""))
 
         threading.Thread(target=work, name="engine-open", daemon=True).start()
 
@@ -63,6 +65,20 @@ class _Opener:
 
 
 _opener = _Opener()
+
+OPENED_MARKER = "engine-opened"
+
+
+def mark_opened(run_root: str) -> None:
+    """`<run root>/engine-opened`: in the VM the boot loads its remaining kernel modules
+    only then, so their insmods do not slow the engine's first answers."""
+    if not run_root:
+        return
+    try:
+        with open(os.path.join(run_root, OPENED_MARKER), "w"):
+            pass
+    except OSError as error:
+        log.warning("cannot write %s in %s: %s", OPENED_MARKER, run_root, error)
 
 
 def start_in_background(**kwargs: object) -> None:

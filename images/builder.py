@@ -27,6 +27,7 @@ from typing import Any
 
 from images import busybox as bb
 from images.aptroot import AptRoot
+from images.built import BuiltImage, current_image, image_paths
 from images.closure import ClosureError, resolve_closure
 from images.compress import compress
 from images.cpio import write_cpio
@@ -48,18 +49,6 @@ STEPS = 7
 _SUFFIX = {"gzip": ".gz", "xz": ".xz", "zstd": ".zst", "none": ""}
 _KEEP_BASES = 2  # cached bases kept (the current one and one to switch back to)
 _KEEP_OVERLAYS = 8
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    image_id: str
-    directory: Path
-    kernel: Path  # uncompressed ELF vmlinux: QEMU boots it via PVH, no decompression
-    kernel_compressed: Path  # the package's bzImage, for boot loaders that want one
-    initrd: Path
-    manifest: Path
-    busybox_tar: Path
-    kernel_release: str
 
 
 def _stderr(line: str) -> None:
@@ -498,19 +487,6 @@ def _place(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _image_paths(directory: Path, image_id: str, release: str) -> BuiltImage:
-    return BuiltImage(
-        image_id=image_id,
-        directory=directory,
-        kernel=directory / "vmlinux",
-        kernel_compressed=directory / "vmlinuz",
-        initrd=directory / "initrd.img",
-        manifest=directory / "manifest.json",
-        busybox_tar=directory / "busybox.tar",
-        kernel_release=release,
-    )
-
-
 def _write_output(
     images_dir: Path, image_id: str, base: Base, initrd: bytes, manifest: bytes, release: str
 ) -> BuiltImage:
@@ -532,7 +508,7 @@ def _write_output(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _write_pointer(images_dir, image_id, release)
-    return _image_paths(final, image_id, release)
+    return image_paths(final, image_id, release)
 
 
 def _write_pointer(images_dir: Path, image_id: str, release: str) -> None:
@@ -544,19 +520,3 @@ def _write_pointer(images_dir: Path, image_id: str, release: str) -> None:
         except ValueError:
             pass
     _write_atomic(images_dir / "current", _json_bytes(pointer))
-
-
-def current_image(
-    images_dir: Path, image_id: str | None = None, release: str | None = None
-) -> BuiltImage | None:
-    """The image named by `<images_dir>/current` (or the one given), if its files exist."""
-    try:
-        if image_id is None or release is None:
-            pointer = json.loads((images_dir / "current").read_text())
-            image_id, release = pointer["image_id"], pointer["kernel_release"]
-        assert image_id is not None and release is not None
-        image = _image_paths(images_dir / image_id, image_id, release)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    files = (image.kernel, image.kernel_compressed, image.initrd, image.manifest, image.busybox_tar)
-    return image if all(path.is_file() for path in files) else None

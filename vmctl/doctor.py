@@ -38,7 +38,7 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     os_name = accelmod.host_os()
     hardware = accelmod.HARDWARE.get(os_name, "none")
     ok, why = accelmod.hardware_available(os_name)
-    version = qemu_version(qemu) if qemu else "unknown"
+    version = qemu_version(qemu, paths.qemu_version_file) if qemu else "unknown"
     fingerprint = accelmod.host_fingerprint(version)
     memory = accelmod.AccelMemory(paths.accel_file)
     plan = accelmod.plan("auto", os_name, memory, fingerprint)
@@ -62,7 +62,7 @@ def diagnose(paths: Paths, name: str) -> dict[str, list[str]]:
     report["Accelerator"] = lines
 
     try:
-        from images.builder import current_image
+        from images.built import current_image
 
         built = current_image(paths.images)
     except Exception as e:  # a damaged image directory must not break doctor

@@ -13,8 +13,11 @@ Started as `python -m vmctl.hostagent --dir <machine dir>` by `vmctl machine sta
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -179,15 +182,35 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
-def qemu_version(binary: str) -> str:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        from vmctl.machine import QEMU_INSTALL_HINT
+def qemu_version(binary: str, cache: Path) -> str:
+    """QEMU's version (part of the accelerator memory's key).
 
-        raise VmctlError(f"{binary} not found on PATH", hint=QEMU_INSTALL_HINT) from None
+    Running `qemu --version` costs ~50 ms of every start, so the answer is kept in
+    `cache`, keyed by the binary's path, inode, size and mtime: an upgrade asks again.
+    """
+    from vmctl.qemu import QEMU_INSTALL_HINT
+
+    found = shutil.which(binary)
+    if found is None:
+        raise VmctlError(f"{binary} not found on PATH", hint=QEMU_INSTALL_HINT)
+    info = os.stat(found)
+    key = f"{os.path.realpath(found)} {info.st_ino} {info.st_size} {info.st_mtime_ns}"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key and isinstance(saved.get("version"), str):
+            return str(saved["version"])
+    try:
+        out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        raise VmctlError(f"cannot run {found}: {e}", hint=QEMU_INSTALL_HINT) from None
     first = out.stdout.splitlines()[0] if out.stdout else ""
-    return first.replace("QEMU emulator version", "").strip() or "unknown"
+    version = first.replace("QEMU emulator version", "").strip() or "unknown"
+    with contextlib.suppress(OSError):  # only a cache: the next start asks again
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({"key": key, "version": version}))
+        os.replace(temporary, cache)
+    return version
 
 
 class HostAgent:
@@ -264,14 +287,14 @@ class HostAgent:
 
     def boot(self) -> None:
         assert self.config is not None
-        from images.builder import current_image
+        from images.built import current_image
 
         built = current_image(self.paths.images)
         if built is None:
             raise VmctlError("no VM image has been built", hint="run: vmctl image build")
         image = BootImage(kernel=built.kernel, initrd=built.initrd)
         binary = qemu_binary()
-        version = qemu_version(binary)
+        version = qemu_version(binary, self.paths.qemu_version_file)
         memory = accelmod.AccelMemory(self.paths.accel_file)
         fingerprint = accelmod.host_fingerprint(version)
         choices = accelmod.plan(self.config.accel, accelmod.host_os(), memory, fingerprint)

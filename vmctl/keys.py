@@ -16,14 +16,15 @@ import re
 import struct
 import tempfile
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from typing import TYPE_CHECKING
 
 from vmctl.errors import VmctlError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# cryptography is imported where a key is made or read: it costs every `vmctl` command
+# ~20 ms at start-up, and most never touch a key.
 
 KEY_TYPE = "ssh-ed25519"
 
@@ -66,6 +67,9 @@ def generate_keypair(private_path: Path, comment: str, *, overwrite: bool = Fals
             f"key {private_path} already exists",
             hint="remove it first if you really want a new key",
         )
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -98,6 +102,9 @@ def read_public_line(path: Path) -> str:
         line = data.decode("utf-8", "replace").strip()
         _check_public(line, path)
         return line
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_ssh_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -126,6 +133,8 @@ def write_known_hosts(path: Path, alias: str, public_line: str) -> None:
 
 
 def _public_line(public: Ed25519PublicKey, comment: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     body = public.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()

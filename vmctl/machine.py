@@ -28,7 +28,7 @@ from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
 from vmctl.keys import generate_keypair, write_known_hosts
 from vmctl.paths import MachineFiles, Paths, check_socket_path
-from vmctl.qemu import qemu_binary
+from vmctl.qemu import QEMU_INSTALL_HINT, qemu_binary
 from vmctl.seed import write_seed_config
 from vmctl.status import (
     FAILED,
@@ -42,9 +42,6 @@ from vmctl.status import (
 )
 
 Progress = Callable[[str], None]
-QEMU_INSTALL_HINT = (
-    "install QEMU: apt-get install qemu-system-x86 qemu-utils (macOS: brew install qemu)"
-)
 START_TIMEOUT = 600.0  # a cold tcg boot takes seconds; this only catches a wedged agent
 STOP_TIMEOUT = 60.0
 

@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from images import busybox as bb
 from vmctl.errors import VmctlError
 
 DEFAULT_SOCKET = "/run/vmctl/engine.sock"
@@ -42,6 +41,8 @@ def check_host() -> None:
 
 def preload_archive(root: Path) -> Path | None:
     """The busybox image archive built from the host's busybox-static, cached under root."""
+    from images import busybox as bb  # the image builder's code: only `engine serve` needs it
+
     target = root / "preload" / PRELOAD_NAME
     if not HOST_BUSYBOX.exists():
         return target if target.exists() else None

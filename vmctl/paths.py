@@ -59,6 +59,10 @@ class Paths:
     def accel_file(self) -> Path:
         return self.state / "accel.json"
 
+    @property
+    def qemu_version_file(self) -> Path:
+        return self.cache / "qemu-version.json"
+
     def machine_dir(self, name: str) -> Path:
         check_machine_name(name)
         return self.machines / name

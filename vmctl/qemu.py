@@ -21,6 +21,9 @@ FW_CFG_PREFIX = "opt/vmctl"
 # "vmctl-*" lines mark boot progress. cgroup_no_v1=all: the unified v2 hierarchy only.
 # panic=-1 with -no-reboot: a guest panic ends QEMU at once, so a failed boot is noticed.
 KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 rdinit=/init cgroup_no_v1=all"
+QEMU_INSTALL_HINT = (
+    "install QEMU: apt-get install qemu-system-x86 qemu-utils (macOS: brew install qemu)"
+)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError
+from agent.network.published import published_on
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +95,7 @@ class Binding:
 
     @property
     def shown_ip(self) -> str:
-        return self.host_ip or _published_on[0]
-
-
-# Where a port published without an address is reachable, as inspect, ps and `docker port`
-# show it: every address natively; in the VM the host agent publishes it on the host's
-# 127.0.0.1 (agent option --published-on).
-_published_on = ["0.0.0.0"]
-
-
-def set_published_on(address: str) -> None:
-    _published_on[0] = address or "0.0.0.0"
+        return self.host_ip or published_on()
 
 
 def wildcard(host_ip: str) -> bool:

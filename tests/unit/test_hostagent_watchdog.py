@@ -120,7 +120,7 @@ def test_an_accelerator_failure_is_remembered_only_if_tcg_then_boots(
     agent.config = MachineConfig(name="m")
     monkeypatch.setattr(accel, "hardware_available", lambda os_name: (True, "usable"))
     monkeypatch.setattr(accel, "host_os", lambda: "linux")
-    monkeypatch.setattr(hostagent, "qemu_version", lambda binary: "9.9")
+    monkeypatch.setattr(hostagent, "qemu_version", lambda binary, cache: "9.9")
     image = tmp_path / "img"
     image.mkdir()
     for name in ("vmlinux", "vmlinuz", "initrd.img", "manifest.json", "busybox.tar"):
@@ -154,3 +154,23 @@ def test_exit_of_a_taken_over_qemu_is_not_a_signal() -> None:
     assert hostagent.describe_exit(hostagent.EXIT_UNKNOWN) == "exit status unknown"
     assert hostagent.describe_exit(-9) == "killed by SIGKILL"
     assert hostagent.describe_exit(3) == "exit code 3"
+
+
+def test_qemu_version_is_asked_once_per_binary(tmp_path: Path) -> None:
+    binary = tmp_path / "qemu-fake"
+    count = tmp_path / "count"
+    binary.write_text(f'#!/bin/sh\necho x >>{count}\necho "QEMU emulator version 9.1.0"\n')
+    binary.chmod(0o755)
+    cache = tmp_path / "cache" / "qemu-version.json"
+    assert hostagent.qemu_version(str(binary), cache) == "9.1.0"
+    assert hostagent.qemu_version(str(binary), cache) == "9.1.0"
+    assert count.read_text().count("x") == 1  # the second answer came from the cache
+    # an upgraded binary (another size and mtime) is asked again
+    binary.write_text(f'#!/bin/sh\necho x >>{count}\necho "QEMU emulator version 10.0.0"\n')
+    assert hostagent.qemu_version(str(binary), cache) == "10.0.0"
+    assert count.read_text().count("x") == 2
+
+
+def test_qemu_version_of_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(VmctlError, match="not found on PATH"):
+        hostagent.qemu_version("no-such-qemu-binary", tmp_path / "cache.json")

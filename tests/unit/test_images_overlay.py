@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from images.builder import _merged_files, current_image
+from images.builder import _merged_files
+from images.built import current_image
 from images.listing import describe
 from images.overlay import build_overlay, collect_sources, sources_digest
 from images.pycompile import Interpreter, cache_tag
