@@ -169,7 +169,9 @@ class SSHTransport:
         """
         attempt = 0
         last: BaseException | None = None
-        delay = 0.2
+        # Short at first: a refused attempt costs a few ms, and at boot the host agent
+        # connects as soon as sshd may start, so it comes up moments later.
+        delay = 0.05
         # A short banner wait first: a connection QEMU accepted while the guest was still
         # booting may hang rather than fail, and a fresh one is cheap. It grows after each
         # wait that ran out, so a slow (tcg) sshd still gets the time it needs.

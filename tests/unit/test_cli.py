@@ -285,3 +285,22 @@ def test_unusable_home_is_an_error_not_a_traceback(
     monkeypatch.setenv("VMCTL_HOME", str(blocker / "home"))
     code, _, err = run("machine", "create", "--no-mount")
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`vmctl machine ls | head -0`: no traceback, no `error: Broken pipe`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before vmctl writes its first line
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vmctl.cli", "machine", "ls"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, VMCTL_HOME=str(tmp_path)),
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a tool killed by it reports
+    assert proc.stderr == ""
