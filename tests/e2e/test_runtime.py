@@ -107,10 +107,13 @@ def test_pids_limit_stops_a_fork_bomb(engine: Engine) -> None:
         return [int(m) for m in re.findall(r"^max=(\d+)$", engine.ok("logs", name), re.M)]
 
     # The bomb filled the cgroup: the watcher saw it nearly full, and never past the limit.
+    # One over it may show for an instant: the kernel charges a fork first, then finds it
+    # over the limit and takes the charge back (pids_try_charge), and the watcher reads in
+    # a tight loop. A fork that succeeded past the limit would show as more.
     wait_for(lambda: max(maxima()) >= 15, 60, "the watcher to see the bomb's children")
     logs = engine.ok("logs", name)
     assert "limit=20" in logs
-    assert max(maxima()) <= 20, logs
+    assert max(maxima()) <= 21, logs
     assert engine.state(name)["Status"] == "running"
 
 
