@@ -37,7 +37,7 @@ from vmctl.forward import UnixSocketForwarder
 from vmctl.guest_events import EventHooks, EventSubscriber
 from vmctl.paths import MachineFiles, Paths
 from vmctl.ports import HostForwards, PortPublisher, qmp_monitor
-from vmctl.qemu import BootImage, build_argv, qemu_binary
+from vmctl.qemu import QEMU_INSTALL_HINT, BootImage, build_argv, qemu_binary
 from vmctl.status import (
     FAILED,
     RUNNING,
@@ -188,8 +188,6 @@ def qemu_version(binary: str, cache: Path) -> str:
     Running `qemu --version` costs ~50 ms of every start, so the answer is kept in
     `cache`, keyed by the binary's path, inode, size and mtime: an upgrade asks again.
     """
-    from vmctl.qemu import QEMU_INSTALL_HINT
-
     found = shutil.which(binary)
     if found is None:
         raise VmctlError(f"{binary} not found on PATH", hint=QEMU_INSTALL_HINT)
