@@ -156,7 +156,13 @@ def boot_floor(kernel: Path, initrd: Path, accel: str, cpus: int, memory_mib: in
 
 
 def meminfo(env: dict[str, str]) -> dict[str, int]:
-    out = vmctl(env, "machine", "ssh", MACHINE, "--", "cat", "/proc/meminfo").stdout
+    """The guest's /proc/meminfo in MiB, once its boot has settled: the engine open and
+    the last kernel modules (both after the engine answers), then 5 s more."""
+    settled = (
+        "for i in $(seq 600); do [ -e /run/vmctl/modules-done ] && break; sleep 0.1; done; "
+        "sleep 5; cat /proc/meminfo"
+    )
+    out = vmctl(env, "machine", "ssh", MACHINE, "--", settled).stdout
     values = {}
     for line in out.splitlines():
         key, _, rest = line.partition(":")
@@ -230,7 +236,6 @@ def main() -> int:
                 )
                 boots.append(status["boot_seconds"])
                 if i == 0:
-                    time.sleep(5)  # let the boot's transient work settle: "idle"
                     memory = meminfo(env)
                 vmctl(env, "machine", "stop", MACHINE)
                 floors.append(boot_floor(image.kernel, floor_img, accel, args.cpus, args.memory))

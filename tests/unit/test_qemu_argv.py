@@ -30,7 +30,7 @@ def option(argv: list[str], flag: str) -> list[str]:
         ("kvm", ["-accel", "kvm", "-cpu", "host"]),
         ("hvf", ["-accel", "hvf", "-cpu", "host"]),
         ("whpx", ["-accel", "whpx,kernel-irqchip=off"]),
-        ("tcg", ["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        ("tcg", ["-accel", "tcg,thread=multi", "-cpu", "max,-erms"]),
     ],
 )
 def test_accelerators(accel: str, expected: list[str]) -> None:
