@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmctl.atomic import write_atomic
+
 HARDWARE = {"linux": "kvm", "darwin": "hvf", "windows": "whpx"}
 
 
@@ -87,10 +89,7 @@ class AccelMemory:
             "fingerprint": fingerprint,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def entries(self) -> dict[str, dict[str, Any]]:
         return self._load()

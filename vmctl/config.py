@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vmctl.atomic import write_atomic
 from vmctl.errors import VmctlError
 from vmctl.paths import check_machine_name
 
@@ -246,6 +247,4 @@ def load_config(path: Path) -> MachineConfig:
 
 def save_config(path: Path, config: MachineConfig) -> None:
     config.validate()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(config.to_json())
-    os.replace(tmp, path)
+    write_atomic(path, config.to_json())

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from vmctl import accel as accelmod
 from vmctl import client, procs
+from vmctl.atomic import write_atomic
 from vmctl.config import MachineConfig, load_config
 from vmctl.console import ConsoleLog
 from vmctl.errors import VmctlError
@@ -204,10 +205,7 @@ def qemu_version(binary: str, cache: Path) -> str:
     first = out.stdout.splitlines()[0] if out.stdout else ""
     version = first.replace("QEMU emulator version", "").strip() or "unknown"
     with contextlib.suppress(OSError):  # only a cache: the next start asks again
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps({"key": key, "version": version}))
-        os.replace(temporary, cache)
+        write_atomic(cache, json.dumps({"key": key, "version": version}))
     return version
 
 

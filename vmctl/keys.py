@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vmctl.atomic import write_atomic
 from vmctl.errors import VmctlError
 
 if TYPE_CHECKING:
@@ -79,8 +77,8 @@ def generate_keypair(private_path: Path, comment: str, *, overwrite: bool = Fals
     line = _public_line(key.public_key(), comment)
     # Private first: if we die in between, the .pub can be rebuilt from the private key,
     # never the other way round.
-    _write_atomic(private_path, pem, 0o600)
-    _write_atomic(_pub_path(private_path), (line + "\n").encode(), 0o644)
+    write_atomic(private_path, pem, 0o600, durable=True)
+    write_atomic(_pub_path(private_path), line + "\n", 0o644, durable=True)
     return line
 
 
@@ -129,7 +127,7 @@ def known_hosts_line(alias: str, public_line: str) -> str:
 
 def write_known_hosts(path: Path, alias: str, public_line: str) -> None:
     """Write a known_hosts file holding only the pinned entry (replacing any old file)."""
-    _write_atomic(Path(path), (known_hosts_line(alias, public_line) + "\n").encode(), 0o600)
+    write_atomic(Path(path), known_hosts_line(alias, public_line) + "\n", 0o600, durable=True)
 
 
 def _public_line(public: Ed25519PublicKey, comment: str) -> str:
@@ -165,36 +163,3 @@ def _check_public(line: str, path: Path) -> None:
 
 def _pub_path(private_path: Path) -> Path:
     return private_path.with_name(private_path.name + ".pub")
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a same-directory temp file and ``os.replace``.
-
-    mkstemp creates the file O_EXCL with mode 0600 (before umask, which can only clear bits),
-    so the content is never exposed wider than 0600 even before the final chmod.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; not possible (nor needed) on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

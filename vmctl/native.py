@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vmctl.atomic import write_atomic
 from vmctl.errors import VmctlError
 
 DEFAULT_SOCKET = "/run/vmctl/engine.sock"
@@ -56,9 +57,7 @@ def preload_archive(root: Path) -> Path | None:
         applets = bb.applet_paths(data, Path(scratch))
     version = _busybox_version()
     image = bb.build_container_image(data, applets, version, PRELOAD_EPOCH)
-    temporary = target.with_suffix(".tmp")
-    temporary.write_bytes(image.tarball)
-    os.replace(temporary, target)
+    write_atomic(target, image.tarball)
     stamp.write_text(fingerprint)
     return target
 

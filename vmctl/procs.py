@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from vmctl.atomic import write_atomic
+
 
 def read_pid(path: Path) -> int | None:
     try:
@@ -22,9 +24,7 @@ def read_pid(path: Path) -> int | None:
 
 
 def write_pid(path: Path, pid: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{pid}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{pid}\n")
 
 
 def alive(pid: int) -> bool:

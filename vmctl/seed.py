@@ -6,10 +6,10 @@ VMCTL_SHARES holds one "TAG MODE PATH" line per shared folder (PATH may hold spa
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
+from vmctl.atomic import write_atomic
 from vmctl.config import MachineConfig, guest_path_for
 from vmctl.qemu import DATA_DISK_SERIAL, share_tag
 
@@ -32,6 +32,4 @@ def seed_config_text(config: MachineConfig) -> str:
 
 
 def write_seed_config(path: Path, config: MachineConfig) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(seed_config_text(config))
-    os.replace(tmp, path)
+    write_atomic(path, seed_config_text(config))
