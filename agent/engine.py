@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = "/var/lib/vmctl"
 DEFAULT_RUN_ROOT = "/run/vmctl"
 DEFAULT_PRELOAD = "/usr/share/vmctl/images/busybox.tar"
+# A failed pull keeps its partial layer files under <root>/downloads so that pulling again
+# resumes them; one nobody pulled again in this long only takes disk space.
+STALE_DOWNLOAD_SECONDS = 7 * 24 * 3600
 
 
 @dataclass
@@ -96,6 +100,30 @@ def _user_networks(root: str, bridge: object | None, containers: ContainerManage
     return attachments
 
 
+def prune_stale_downloads(directory: Path, max_age: float = STALE_DOWNLOAD_SECONDS) -> int:
+    """Delete the files a failed pull left in ``directory`` untouched for ``max_age``
+    seconds; how many went. Run at engine open, before any pull can be using them."""
+    cutoff = time.time() - max_age
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    except OSError as error:
+        log.warning("cannot list %s: %s", directory, error)
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError as error:
+            log.warning("cannot remove the stale download %s: %s", entry.path, error)
+    if removed:
+        log.info("removed %d stale partial download(s) from %s", removed, directory)
+    return removed
+
+
 def open_engine(
     root: str = DEFAULT_ROOT,
     run_root: str = DEFAULT_RUN_ROOT,
@@ -110,6 +138,7 @@ def open_engine(
         return manager.image_users(image_id) if manager else None
 
     images = ImageStore(Path(root) / "images", in_use=image_in_use)
+    prune_stale_downloads(Path(root) / "downloads")
     if preload:
         try:
             _preload(images, preload)
