@@ -18,7 +18,6 @@ the very same tar again.
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import os
 import shutil
@@ -109,7 +108,7 @@ def _decompressed(stream: BinaryIO) -> BinaryIO:
             "uncompressed layers"
         )
     if head.startswith(_MAGIC_GZIP):
-        return cast(BinaryIO, gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb"))
+        return cast(BinaryIO, _Gunzip(raw))
     if head.startswith(_MAGIC_XZ):
         import lzma
 
@@ -119,6 +118,42 @@ def _decompressed(stream: BinaryIO) -> BinaryIO:
 
         return cast(BinaryIO, bz2.BZ2File(cast(BinaryIO, raw), "rb"))
     return cast(BinaryIO, raw)
+
+
+class _Gunzip:
+    """A gzip stream inflated a MiB at a time, all in zlib's C code. GzipFile's read path
+    (Python per 8 KiB of input, its own CRC-32 pass) cost more than inflating itself in a
+    VM under tcg. zlib checks each member's CRC-32 and length; members may follow one
+    another, and zero padding may follow the last, as GzipFile allows."""
+
+    def __init__(self, stream: _Reader) -> None:
+        self._stream = stream
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper only
+        self._input = b""
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (a MiB if negative); empty only at the end."""
+        if size == 0:
+            return b""
+        want = size if size > 0 else _CHUNK
+        while True:
+            if self._inflater.eof:
+                pending = self._inflater.unused_data.lstrip(b"\0")
+                while not pending:
+                    more = self._stream.read(_CHUNK)
+                    if not more:
+                        return b""
+                    pending = more.lstrip(b"\0")
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._input = pending
+            if not self._input:
+                self._input = self._stream.read(_CHUNK)
+                if not self._input:
+                    raise EOFError("the compressed layer ends in the middle of a gzip member")
+            data = self._inflater.decompress(self._input, want)
+            self._input = self._inflater.unconsumed_tail
+            if data:
+                return data
 
 
 def _is_root() -> bool:
@@ -452,7 +487,7 @@ def extract_layer(stream: BinaryIO, dest: Path, split: SplitRecorder | None = No
 
 def _stream_errors() -> tuple[type[Exception], ...]:
     """What a truncated or corrupt tar or compressed stream raises."""
-    errors: list[type[Exception]] = [tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile]
+    errors: list[type[Exception]] = [tarfile.TarError, EOFError, zlib.error]
     try:
         import lzma
 
@@ -468,7 +503,7 @@ def _extract(stream: BinaryIO, root_fd: int, split: SplitRecorder | None) -> Lay
     extractor = _Extractor(root_fd, split)
     member: tarfile.TarInfo | None = None
     try:
-        with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=plain, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
             while (member := tar.next()) is not None:
                 if split is not None:
                     split.at_member(member)

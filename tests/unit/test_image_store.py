@@ -112,6 +112,26 @@ def test_extract_refuses_zstd_and_garbage(tmp_path: Path) -> None:
     assert not (tmp_path / "g").exists()
 
 
+def test_extract_gzip_members_padding_and_damage(tmp_path: Path) -> None:
+    big = layer({"app/big": bytes(range(256)) * 12_000})  # inflates past one read
+    # Two members back to back, then zero padding: one tar, as GzipFile reads it.
+    half = len(big) // 2
+    two = gzip.compress(big[:half]) + gzip.compress(big[half:], 1) + b"\0" * 700
+    info = extract_layer(io.BytesIO(two), tmp_path / "two")
+    assert info.diff_id == sha(big)
+    assert (tmp_path / "two" / "app" / "big").read_bytes() == bytes(range(256)) * 12_000
+    whole = gzip.compress(big)
+    with pytest.raises(LayerError, match="not a valid tar archive"):
+        extract_layer(io.BytesIO(whole[: len(whole) // 2]), tmp_path / "cut")
+    assert not (tmp_path / "cut").exists()
+    bad_crc = whole[:-8] + bytes(b ^ 0xFF for b in whole[-8:-4]) + whole[-4:]
+    with pytest.raises(LayerError, match="not a valid tar archive"):
+        extract_layer(io.BytesIO(bad_crc), tmp_path / "crc")
+    assert not (tmp_path / "crc").exists()
+    with pytest.raises(LayerError, match="not a valid tar archive"):
+        extract_layer(io.BytesIO(whole + b"trailing garbage"), tmp_path / "tail")
+
+
 def test_extract_refuses_traversal_and_cleans_up(tmp_path: Path) -> None:
     bad = layer({"ok": b"1", "../escape": b"2"})
     with pytest.raises(LayerError, match=r"'\.\./escape' contains '\.\.'"):
