@@ -27,4 +27,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The editable install leaves our own modules uncompiled. Compile them now, so no run
+# pays for it (or skips writing the cache under PYTHONDONTWRITEBYTECODE): ~0.15 s at
+# every `vmctl machine start`, and as much again in its host agent.
+.venv/bin/python -m compileall -q -j 0 vmctl agent images
 echo "installed: $(.venv/bin/vmctl --version) in $(pwd)/.venv"

@@ -17,10 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paramiko
-from paramiko.ssh_exception import IncompatiblePeer
-
 from vmctl.errors import VmctlError
+from vmctl.import_paramiko import IncompatiblePeer, paramiko
 from vmctl.keys import parse_public_line, read_public_line
 from vmctl.paths import MachineFiles
 
