@@ -4,6 +4,10 @@ A blob is written to ``<dir>/<hex>.partial`` and renamed to ``<dir>/<hex>`` only
 size and sha256 match the manifest, so a file without the suffix is always verified. A
 download cut short keeps its partial file, and the next attempt asks only for the rest; a
 blob whose content does not match is deleted.
+
+A layer can be read while it arrives (:meth:`Downloads.open`): the reader follows the
+partial file of a fresh download and sees its end only once the digest has matched, or
+the download's error instead, so what it read is never taken for verified before that.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import hashlib
 import http.client
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.registry.client import BLOCK, RegistryError, RepositoryClient
 from agent.registry.manifest import Descriptor
@@ -45,14 +51,66 @@ def _hash_file(path: Path, hasher: hashlib._Hash) -> int:
     return size
 
 
+class Arrival:
+    """How far a blob's download has got, for a reader following its partial file."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.partial: Path | None = None  # set once a fresh download has created it
+        self.written = 0
+        self.done = False  # the blob is verified (or the download failed: error)
+        self.error: BaseException | None = None
+
+    def started(self, partial: Path) -> None:
+        with self._changed:
+            self.partial = partial
+            self._changed.notify_all()
+
+    def wrote(self, total: int) -> None:
+        with self._changed:
+            self.written = total
+            self._changed.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._changed:
+            self.done, self.error = True, error
+            self._changed.notify_all()
+
+    def wait(self, ready: Callable[[], bool]) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: ready() or self.done)
+
+
 def fetch_blob(
     client: RepositoryClient,
     blob: Descriptor,
     directory: Path,
     progress: Progress,
     cancel: threading.Event | None = None,
+    arrival: Arrival | None = None,
 ) -> Path:
-    """The verified blob's path under ``directory``."""
+    """The verified blob's path under ``directory``. With ``arrival``, a download that
+    starts from nothing reports its progress there (a resumed one does not: its partial
+    file holds bytes from before, which only the final digest vouches for)."""
+    try:
+        path = _fetch(client, blob, directory, progress, cancel, arrival)
+    except BaseException as exc:
+        if arrival is not None:
+            arrival.finish(exc)
+        raise
+    if arrival is not None:
+        arrival.finish()
+    return path
+
+
+def _fetch(
+    client: RepositoryClient,
+    blob: Descriptor,
+    directory: Path,
+    progress: Progress,
+    cancel: threading.Event | None,
+    arrival: Arrival | None,
+) -> Path:
     hex_digest = blob.digest.removeprefix("sha256:")
     final = directory / hex_digest
     partial = directory / f"{hex_digest}.partial"
@@ -67,7 +125,8 @@ def fetch_blob(
             partial.unlink()
             hasher, have = hashlib.sha256(), 0
         if have < blob.size:
-            have, hasher = _receive(client, blob, partial, have, hasher, progress, cancel)
+            follow = arrival if have == 0 else None
+            have, hasher = _receive(client, blob, partial, have, hasher, progress, cancel, follow)
         progress.layer(blob.short, "Verifying Checksum")
         if have != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
             partial.unlink(missing_ok=True)
@@ -89,6 +148,7 @@ def _receive(
     hasher: hashlib._Hash,
     progress: Progress,
     cancel: threading.Event | None,
+    arrival: Arrival | None = None,
 ) -> tuple[int, hashlib._Hash]:
     headers = {"Range": f"bytes={have}-"} if have else {}
     response = client.request(
@@ -99,6 +159,8 @@ def _receive(
         partial.unlink(missing_ok=True)
     try:
         with open(partial, "ab") as out:
+            if arrival is not None:
+                arrival.started(partial)
             buffer = bytearray(BLOCK)
             view = memoryview(buffer)
             while True:
@@ -110,6 +172,9 @@ def _receive(
                 hasher.update(view[:count])
                 out.write(view[:count])
                 have += count
+                if arrival is not None:
+                    out.flush()  # what a follower is told is there, it can read
+                    arrival.wrote(have)
                 if have > blob.size:
                     break  # more than the manifest says: fails verification
                 progress.bytes(blob.short, "Downloading", have, blob.size)
@@ -136,6 +201,7 @@ class Downloads:
         self.cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="pull")
         self._futures: dict[str, Future[Path]] = {}
+        self._arrivals: dict[str, Arrival] = {}
         self.fetched: set[Path] = set()
 
     def start(self, blob: Descriptor) -> None:
@@ -144,13 +210,26 @@ class Downloads:
             with _locks_guard:  # a concurrent pull of the same blob must not delete it
                 _users[str(path)] = _users.get(str(path), 0) + 1
             self.fetched.add(path)
+            arrival = self._arrivals[blob.digest] = Arrival()
             self._futures[blob.digest] = self._pool.submit(
-                fetch_blob, self.client, blob, self.directory, self.progress, self.cancel
+                fetch_blob, self.client, blob, self.directory, self.progress, self.cancel, arrival
             )
 
     def wait(self, blob: Descriptor) -> Path:
         self.start(blob)
         return self._futures[blob.digest].result()
+
+    def raise_first_failure(self) -> None:
+        """Once every download has ended, raise the first one's error, if any failed."""
+        for future in self._futures.values():
+            error = future.exception()
+            if error is not None and not isinstance(error, Cancelled):
+                raise error
+
+    def open(self, blob: Descriptor) -> Following:
+        """The blob's bytes as they arrive; the end only once they are verified."""
+        self.start(blob)
+        return Following(self._arrivals[blob.digest], lambda: self.wait(blob))
 
     def release(self, delete: bool) -> None:
         """Done with the blobs; with ``delete``, remove those no other pull still reads."""
@@ -169,3 +248,50 @@ class Downloads:
         self.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.release(delete=False)  # after a success release(delete=True) came first
+
+
+class Following:
+    """Reads a blob while its download writes it: the partial file of a fresh download,
+    up to what has been written; else (a resumed download, or one another pull made) the
+    verified file once it is there. Its end comes only after the digest matched; if the
+    download fails, reading raises that download's error."""
+
+    def __init__(self, arrival: Arrival, verified: Callable[[], Path]) -> None:
+        self._arrival = arrival
+        self._verified = verified
+        self._file: BinaryIO | None = None
+        self._position = 0
+        self._following = False
+
+    @property
+    def done(self) -> bool:
+        """The download has ended (verified, or failed)."""
+        return self._arrival.done
+
+    @property
+    def verified(self) -> bool:
+        return self._arrival.done and self._arrival.error is None
+
+    def read(self, size: int = -1) -> bytes:
+        arrival = self._arrival
+        if self._file is None:
+            arrival.wait(lambda: arrival.partial is not None)
+            if arrival.partial is not None and not arrival.done:
+                self._following = True
+                self._file = open(arrival.partial, "rb")  # noqa: SIM115 - closed in close()
+            else:
+                self._file = open(self._verified(), "rb")  # noqa: SIM115 - raises its error
+        if not self._following:
+            return self._file.read(size)
+        want = size if size > 0 else BLOCK
+        arrival.wait(lambda: arrival.written > self._position)
+        if arrival.written > self._position:
+            data = self._file.read(min(want, arrival.written - self._position))
+            self._position += len(data)
+            return data
+        self._verified()  # done: raises the download's error, if it failed
+        return self._file.read(want)  # the verified file has no more (or the rest, if any)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

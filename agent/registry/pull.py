@@ -3,8 +3,9 @@
 :func:`prepare` does everything that can fail cheaply before the API answer starts
 (reaching the registry, credentials, the manifest, the platform, the config), so those
 failures are proper error statuses. :meth:`PullPlan.run` then downloads the missing layers
-in parallel while the store extracts them in order as each one arrives verified; the
-store commits nothing until every layer matched its digest and its DiffID.
+in parallel while the store extracts them as they arrive (into its staging area; a
+layer's extraction ends only once its blob's digest matched); the store commits nothing
+until every layer matched its digest and its DiffID.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -23,14 +23,15 @@ from agent.images.store import Image, ImageStore, InvalidImage, chain_ids
 from agent.registry import auth, manifest
 from agent.registry.blobcache import BlobCache, Known
 from agent.registry.client import RegistryError, RepositoryClient, Unauthorized
-from agent.registry.download import WORKERS, Downloads
+from agent.registry.download import WORKERS, Downloads, Following
 from agent.registry.endpoint import resolve
 from agent.registry.manifest import Descriptor, ImageManifest, Platform
 from agent.registry.options import RegistryOptions
 from agent.registry.progress import Progress
 
-# layers extracted at once: each into its own directory, on as many CPUs as there are
-EXTRACTORS = max(2, min(WORKERS, os.cpu_count() or 1))
+# Layers extracted at once, each into its own directory: as many as download at once,
+# since each extraction follows its download and mostly waits for it.
+EXTRACTORS = WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +175,18 @@ class PullPlan:
 
             def open_layer(index: int) -> BinaryIO:
                 blob = layers[index]
-                path = downloads.wait(blob)
-                return cast(BinaryIO, _Extracting(path, blob, progress))
+                return cast(BinaryIO, _Extracting(downloads.open(blob), blob, progress))
 
-            image = self.store.load_layers_and_config(
-                self.config_bytes, open_layer, parallel=EXTRACTORS
-            )
+            try:
+                image = self.store.load_layers_and_config(
+                    self.config_bytes, open_layer, parallel=EXTRACTORS
+                )
+            except AgentError:
+                # A layer read while it arrived may fail to inflate or untar before its
+                # blob fails its digest: the digest is the true story (the registry sent
+                # other content), so that error wins.
+                downloads.raise_first_failure()
+                raise
             downloads.release(delete=True)  # in the store now; a failed pull keeps them
         finally:
             downloads.close()
@@ -200,10 +207,12 @@ class PullPlan:
 
 
 class _Extracting:
-    """A verified blob read by the store, counted for "Extracting" and "Pull complete"."""
+    """A blob read by the store as it arrives (its end only once verified), counted for
+    "Extracting" (shown once the download is complete, as docker does) and "Pull
+    complete"."""
 
-    def __init__(self, path: Path, blob: Descriptor, progress: Progress) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 - the store closes it
+    def __init__(self, blob_file: Following, blob: Descriptor, progress: Progress) -> None:
+        self._file = blob_file
         self._blob = blob
         self._progress = progress
         self._count = 0
@@ -211,12 +220,13 @@ class _Extracting:
     def read(self, size: int = -1) -> bytes:
         data = self._file.read(size)
         self._count += len(data)
-        self._progress.bytes(self._blob.short, "Extracting", self._count, self._blob.size)
+        if self._file.done:
+            self._progress.bytes(self._blob.short, "Extracting", self._count, self._blob.size)
         return data
 
     def close(self) -> None:
         self._file.close()
-        if self._count == self._blob.size:
+        if self._count == self._blob.size and self._file.verified:
             self._progress.layer(self._blob.short, "Pull complete")
 
 

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from agent.errors import AgentError, BadRequest, NotFound
 from agent.images.reference import parse
 from agent.registry import auth, manifest
 from agent.registry.client import RegistryError, RepositoryClient, Unauthorized
-from agent.registry.download import fetch_blob
+from agent.registry.download import Downloads, fetch_blob
 from agent.registry.endpoint import Endpoint, is_loopback, resolve, split_host_port
 from agent.registry.manifest import Descriptor, Platform
 from agent.registry.options import RegistryOptions
@@ -229,6 +230,94 @@ def test_tampered_download_is_refused(server: tuple[str, type[_Handler]], tmp_pa
         fetch_blob(client, Descriptor("", BLOB_DIGEST, len(BLOB)), tmp_path, Progress(None))
     client.close()
     assert list(tmp_path.iterdir()) == []
+
+
+BIG = BLOB * 4  # the download reads a MiB at a time: four of them, a pause after each
+BIG_DIGEST = "sha256:" + hashlib.sha256(BIG).hexdigest()
+
+
+class _SlowHandler(_Handler):
+    """Sends the body in four parts, a pause between them."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        data = type(self).body
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        quarter = len(data) // 4
+        for start in range(0, len(data), quarter):
+            self.wfile.write(data[start : start + quarter])
+            self.wfile.flush()
+            time.sleep(0.15)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_SlowHandler,), {"ranges": [], "body": BIG})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _read_following(downloads: Downloads, blob: Descriptor) -> tuple[bytes, bool]:
+    """The whole blob through :meth:`Downloads.open`; and whether data came before the
+    download had ended."""
+    following = downloads.open(blob)
+    chunks, early = [], False
+    try:
+        while chunk := following.read(64 << 10):
+            early = early or not following.done
+            chunks.append(chunk)
+    finally:
+        following.close()
+    return b"".join(chunks), early
+
+
+def test_a_layer_is_read_while_it_arrives(
+    slow_server: tuple[str, type[_Handler]], tmp_path: Path
+) -> None:
+    name, _ = slow_server
+    downloads = Downloads(_client(name), tmp_path, Progress(None))
+    try:
+        data, early = _read_following(downloads, Descriptor("", BIG_DIGEST, len(BIG)))
+    finally:
+        downloads.close()
+    assert early  # read while downloading
+    assert data == BIG  # and the end only after verifying
+    assert (tmp_path / BIG_DIGEST.removeprefix("sha256:")).read_bytes() == BIG
+
+
+def test_a_followed_layer_that_fails_verification_never_ends(
+    slow_server: tuple[str, type[_Handler]], tmp_path: Path
+) -> None:
+    name, handler = slow_server
+    handler.body = BIG[:-1] + b"X"
+    downloads = Downloads(_client(name), tmp_path, Progress(None))
+    try:
+        with pytest.raises(RegistryError, match="verification failed"):
+            _read_following(downloads, Descriptor("", BIG_DIGEST, len(BIG)))
+    finally:
+        downloads.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_layer_is_read_once_verified(
+    server: tuple[str, type[_Handler]], tmp_path: Path
+) -> None:
+    # The partial file's first bytes came from an earlier attempt: only the digest over
+    # the whole file vouches for them, so nothing is read before it matched.
+    name, handler = server
+    partial = tmp_path / (BLOB_DIGEST.removeprefix("sha256:") + ".partial")
+    partial.write_bytes(BLOB[:1000])
+    downloads = Downloads(_client(name), tmp_path, Progress(None))
+    try:
+        data, early = _read_following(downloads, Descriptor("", BLOB_DIGEST, len(BLOB)))
+    finally:
+        downloads.close()
+    assert data == BLOB and not early
+    assert handler.ranges == ["bytes=1000-"]
 
 
 def test_plain_http_only_for_insecure_registries(
