@@ -427,7 +427,7 @@ def build_parser(group: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmctl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    verbs_list = ",".join((*HOST_GROUPS, *containers_cli.VERBS))
+    verbs_list = ",".join((*HOST_GROUPS, *containers_cli.VERBS, "build"))
     top = parser.add_subparsers(dest="group", required=True, metavar=f"{{{verbs_list}}}")
 
     machine = top.add_parser("machine", help="create, start and manage VMs")
