@@ -2,99 +2,177 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
 
 from agent import __version__
 from agent.daemon import DEFAULT_SOCKET, run, wait_for
 from agent.logsetup import configure_logging
 
+TYPE_CHECKING = False  # typing itself costs a tenth of a second at the VM's boot
+if TYPE_CHECKING:
+    import argparse
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+
+class Option:
+    """One ``--flag VALUE`` option of the agent; a ``repeat`` one collects every value."""
+
+    def __init__(
+        self,
+        flag: str,
+        help: str,
+        default: str | None = None,
+        metavar: str | None = None,
+        repeat: bool = False,
+        choices: tuple[str, ...] = (),
+    ) -> None:
+        self.flag, self.help, self.default = flag, help, default
+        self.metavar, self.repeat, self.choices = metavar, repeat, choices
+        self.dest = flag[2:].replace("-", "_")
+
+    def convert(self, value: str) -> str | None:
+        """The value as stored, or None when argparse must judge it (a bad choice)."""
+        if not self.choices:
+            return value
+        value = value.upper()
+        return value if value in self.choices else None
+
+
+OPTIONS = (
+    Option("--socket", f"socket to listen on (default {DEFAULT_SOCKET})", DEFAULT_SOCKET),
+    Option("--log-file", "append the log here instead of stderr"),
+    Option(
+        "--announce",
+        "once listening, write a VMCTL-READY line here (the VM's /dev/console)",
+        metavar="PATH",
+    ),
+    Option(
+        "--log-level",
+        "least severe level logged (default INFO)",
+        "INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
+    Option(
+        "--wait-for",
+        "start up, then wait until PATH exists before logging and listening "
+        "(in the VM: the end of the boot, so Python's start-up overlaps it)",
+        metavar="PATH",
+    ),
+    Option(
+        "--root",
+        "run containers, keeping images, volumes and containers here "
+        "(in the VM: /var/lib/vmctl on the data disk); without it only /_ping and /version",
+    ),
+    Option("--run-root", "ephemeral runtime files (default /run/vmctl)", "/run/vmctl"),
+    Option(
+        "--preload",
+        "a `docker save` archive loaded into the image store once (the busybox image)",
+        metavar="ARCHIVE",
+    ),
+    Option(
+        "--insecure-registry",
+        "a registry reached over plain HTTP or unverified TLS (repeatable; loopback "
+        "registries always are)",
+        metavar="HOST[:PORT]",
+        repeat=True,
+    ),
+    Option(
+        "--certs-dir",
+        "Docker certs.d layout, DIR/<host:port>/ca.crt (repeatable; default /etc/docker/certs.d)",
+        metavar="DIR",
+        repeat=True,
+    ),
+    Option(
+        "--host-loopback",
+        "dial registries named localhost/127.x at ADDR (in the VM: 10.0.2.2)",
+        "",
+        "ADDR",
+    ),
+    Option(
+        "--host-gateway",
+        "the host's address for containers: host.docker.internal, --add-host "
+        "NAME:host-gateway (in the VM: 10.0.2.2; default: the default bridge's gateway)",
+        "",
+        "ADDR",
+    ),
+    Option(
+        "--published-on",
+        "where a port published without an address is reachable, as inspect and "
+        "`docker port` show it (in the VM: 127.0.0.1, where the host agent publishes it)",
+        "",
+        "ADDR",
+    ),
+    Option(
+        "--seed",
+        "the machine's settings (shell assignments, read after --wait-for): its "
+        "insecure registries and the host home whose .docker/certs.d is trusted",
+        "",
+        "FILE",
+    ),
+)
+
+
+def full_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python3 -m agent",
         description="vmctl agent: serves the Docker Engine API on a unix socket.",
     )
-    parser.add_argument(
-        "--socket", default=DEFAULT_SOCKET, help=f"socket to listen on (default {DEFAULT_SOCKET})"
-    )
-    parser.add_argument("--log-file", help="append the log here instead of stderr")
-    parser.add_argument(
-        "--announce",
-        metavar="PATH",
-        help="once listening, write a VMCTL-READY line here (the VM's /dev/console)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        type=str.upper,
-        help="least severe level logged (default INFO)",
-    )
-    parser.add_argument(
-        "--wait-for",
-        metavar="PATH",
-        help="start up, then wait until PATH exists before logging and listening "
-        "(in the VM: the end of the boot, so Python's start-up overlaps it)",
-    )
-    parser.add_argument(
-        "--root",
-        help="run containers, keeping images, volumes and containers here "
-        "(in the VM: /var/lib/vmctl on the data disk); without it only /_ping and /version",
-    )
-    parser.add_argument(
-        "--run-root", default="/run/vmctl", help="ephemeral runtime files (default /run/vmctl)"
-    )
-    parser.add_argument(
-        "--preload",
-        metavar="ARCHIVE",
-        help="a `docker save` archive loaded into the image store once (the busybox image)",
-    )
-    parser.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="a registry reached over plain HTTP or unverified TLS (repeatable; loopback "
-        "registries always are)",
-    )
-    parser.add_argument(
-        "--certs-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="Docker certs.d layout, DIR/<host:port>/ca.crt (repeatable; default "
-        "/etc/docker/certs.d)",
-    )
-    parser.add_argument(
-        "--host-loopback",
-        default="",
-        metavar="ADDR",
-        help="dial registries named localhost/127.x at ADDR (in the VM: 10.0.2.2)",
-    )
-    parser.add_argument(
-        "--host-gateway",
-        default="",
-        metavar="ADDR",
-        help="the host's address for containers: host.docker.internal, --add-host "
-        "NAME:host-gateway (in the VM: 10.0.2.2; default: the default bridge's gateway)",
-    )
-    parser.add_argument(
-        "--published-on",
-        default="",
-        metavar="ADDR",
-        help="where a port published without an address is reachable, as inspect and "
-        "`docker port` show it (in the VM: 127.0.0.1, where the host agent publishes it)",
-    )
-    parser.add_argument(
-        "--seed",
-        default="",
-        metavar="FILE",
-        help="the machine's settings (shell assignments, read after --wait-for): its "
-        "insecure registries and the host home whose .docker/certs.d is trusted",
-    )
+    for option in OPTIONS:
+        if option.repeat:
+            parser.add_argument(
+                option.flag, action="append", default=[], metavar=option.metavar,
+                help=option.help,
+            )  # fmt: skip
+        elif option.choices:
+            parser.add_argument(
+                option.flag, default=option.default, choices=option.choices, type=str.upper,
+                help=option.help,
+            )  # fmt: skip
+        else:
+            parser.add_argument(
+                option.flag, default=option.default, metavar=option.metavar, help=option.help
+            )
     parser.add_argument("--version", action="version", version=f"vmctl agent {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def quick_parse(argv: list[str]) -> SimpleNamespace | None:
+    """The options of a well-formed command line, without importing argparse.
+
+    In the VM the agent's start is on the way to the engine's first answer, and argparse
+    (with what its formatter imports) costs ~0.2 s there under tcg. None for anything
+    else (help, --version, an unknown option, a missing value, a bad choice), which
+    :func:`full_parser` then answers as argparse does.
+    """
+    by_flag = {option.flag: option for option in OPTIONS}
+    values: dict[str, object] = {
+        option.dest: [] if option.repeat else option.default for option in OPTIONS
+    }
+    words = iter(argv)
+    for word in words:
+        flag, has_value, value = word.partition("=")
+        option = by_flag.get(flag)
+        if option is None:
+            return None
+        if not has_value:
+            value = next(words, None)  # type: ignore[assignment]
+            if value is None or value.startswith("-"):
+                return None
+        converted = option.convert(value)
+        if converted is None:
+            return None
+        if option.repeat:
+            values[option.dest].append(converted)  # type: ignore[attr-defined]
+        else:
+            values[option.dest] = converted
+    return SimpleNamespace(**values)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace | SimpleNamespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return quick_parse(argv) or full_parser().parse_args(argv)
 
 
 def read_seed(path: str) -> dict[str, str]:
@@ -106,7 +184,7 @@ def read_seed(path: str) -> dict[str, str]:
     return dict(word.partition("=")[::2] for word in words if "=" in word)
 
 
-def configure_registries(args: argparse.Namespace) -> None:
+def configure_registries(args: argparse.Namespace | SimpleNamespace) -> None:
     from agent.registry.options import DEFAULT_CERTS_DIR, RegistryOptions, configure
 
     insecure, certs_dirs = list(args.insecure_registry), list(args.certs_dir)

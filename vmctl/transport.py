@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STREAMLOCAL_KIND = "direct-streamlocal@openssh.com"
 _MSG_CHANNEL_OPEN = 90  # RFC 4254 section 5.1
+FAST_RETRIES_FOR = 3.0  # seconds of connection attempts every 50 ms before backing off
 
 # paramiko logs expected boot-time failures (EOF while reading the banner) at ERROR with a
 # traceback; attempts log to a child logger that demotes them so the agent log stays readable.
@@ -167,9 +168,11 @@ class SSHTransport:
         """
         attempt = 0
         last: BaseException | None = None
-        # Short at first: a refused attempt costs a few ms, and at boot the host agent
-        # connects as soon as sshd may start, so it comes up moments later.
+        # Every 50 ms for the first seconds: a refused attempt costs a few ms, and at boot
+        # the host agent connects as soon as sshd may start, so it listens moments later
+        # (~0.5 s under tcg), and a grown delay would be waited out on top of that.
         delay = 0.05
+        fast_until = time.monotonic() + FAST_RETRIES_FOR
         # A short banner wait first: a connection QEMU accepted while the guest was still
         # booting may hang rather than fail, and a fresh one is cheap. It grows after each
         # wait that ran out, so a slow (tcg) sshd still gets the time it needs.
@@ -196,7 +199,8 @@ class SSHTransport:
                     detail=f"{attempt} attempts; last error: {last}",
                 )
             time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 1.0)
+            if time.monotonic() > fast_until:
+                delay = min(delay * 1.5, 1.0)
 
     def _attempt(self, timeout: float, banner_timeout: float | None = None) -> None:
         with self._lock:

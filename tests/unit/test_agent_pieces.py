@@ -112,9 +112,11 @@ def test_only_the_system_module_is_imported_at_start() -> None:
 
 def test_startup_avoids_heavy_modules() -> None:
     heavy = ["asyncio", "http.server", "http.client", "email", "urllib.request", "ssl",
-             "dataclasses", "typing", "inspect", "platform", "subprocess"]  # fmt: skip
+             "dataclasses", "typing", "inspect", "platform", "subprocess", "argparse",
+             "shutil"]  # fmt: skip
     code = (
         "import sys, agent.__main__, agent.api.system; "
+        f"agent.__main__.parse_args({SERVICE_ARGV!r}); "
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     result = subprocess.run(
@@ -125,6 +127,63 @@ def test_startup_avoids_heavy_modules() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+# the options guest/rootfs/usr/lib/vmctl/service gives the agent in the VM
+SERVICE_ARGV = [
+    "--socket", "/run/vmctl/engine.sock", "--wait-for", "/run/vmctl/boot-done",
+    "--log-file", "/var/lib/vmctl/log/agent.log", "--announce", "/dev/console",
+    "--root", "/var/lib/vmctl", "--run-root", "/run/vmctl", "--host-gateway", "10.0.2.2",
+    "--preload", "/usr/share/vmctl/images/busybox.tar", "--host-loopback", "10.0.2.2",
+    "--published-on", "127.0.0.1", "--seed", "/run/vmctl/seed/config",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        SERVICE_ARGV,
+        [],
+        [
+            "--socket=/tmp/s",
+            "--log-level",
+            "debug",
+            "--insecure-registry",
+            "a:5000",
+            "--insecure-registry=b",
+            "--certs-dir",
+            "/c",
+            "--seed=",
+        ],
+    ],  # fmt: skip
+)
+def test_quick_options_match_argparse(argv: list[str]) -> None:
+    from agent.__main__ import full_parser, quick_parse
+
+    quick = quick_parse(argv)
+    assert quick is not None
+    assert vars(quick) == vars(full_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["--bogus", "x"],
+        ["-s", "x"],
+        ["--socket"],
+        ["--socket", "--root", "/r"],
+        ["--log-level", "loud"],
+        ["stray"],
+    ],  # fmt: skip
+)
+def test_anything_unusual_is_left_to_argparse(argv: list[str]) -> None:
+    from agent.__main__ import full_parser, quick_parse
+
+    assert quick_parse(argv) is None
+    with pytest.raises(SystemExit):  # help and version exit 0, errors 2: argparse's own
+        full_parser().parse_args(argv)
 
 
 def test_parse_query() -> None:
