@@ -39,6 +39,7 @@ from vmctl.guest_events import EventHooks, EventSubscriber
 from vmctl.paths import MachineFiles, Paths
 from vmctl.ports import HostForwards, PortPublisher, qmp_monitor
 from vmctl.qemu import QEMU_INSTALL_HINT, BootImage, build_argv, qemu_binary
+from vmctl.spares import SpareUpstreams
 from vmctl.status import (
     FAILED,
     RUNNING,
@@ -154,6 +155,10 @@ class QemuProcess:
             procs.wait_gone(self.pid, 10)
 
 
+def _close(channel: paramiko.Channel) -> None:
+    channel.close()
+
+
 def describe_exit(code: int) -> str:
     if code == EXIT_UNKNOWN:
         return "exit status unknown"
@@ -219,6 +224,7 @@ class HostAgent:
         self.transport: SSHTransport | None = None
         self.transport_lock = threading.Lock()
         self.forwarder: UnixSocketForwarder | None = None
+        self.spares: SpareUpstreams[paramiko.Channel] | None = None
         self.config: MachineConfig | None = None
         # the guest engine's events: register here to act on them (e.g. published ports)
         self.event_hooks = EventHooks()
@@ -498,7 +504,12 @@ class HostAgent:
         return transport.open_unix_channel(GUEST_ENGINE_SOCKET)
 
     def serve_engine(self) -> None:
-        self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.open_engine_channel)
+        from vmctl.transport import idle_channel_usable
+
+        # channels opened ahead: each client of engine.sock skips the open's round trip
+        self.spares = SpareUpstreams(self.open_engine_channel, idle_channel_usable, _close)
+        self.spares.start()
+        self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.spares.get)
         self.forwarder.start()
         self.events = EventSubscriber(self.open_engine_channel, self.event_hooks)
         self.events.start()
@@ -545,6 +556,9 @@ class HostAgent:
         if self.forwarder is not None:
             self.forwarder.stop()
             self.forwarder = None
+        if self.spares is not None:
+            self.spares.close()
+            self.spares = None
         if self.qemu is not None and self.qemu.exit_code() is None:
             self.power_down()
         if self.transport is not None:

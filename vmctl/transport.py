@@ -380,6 +380,15 @@ class SSHTransport:
         self.close()
 
 
+def idle_channel_usable(chan: paramiko.Channel) -> bool:
+    """Whether an idle channel to the engine can still carry a request: the engine never
+    speaks first, so an end seen or data waiting means the engine behind it has gone."""
+    transport = chan.get_transport()
+    if transport is None or not transport.is_active():
+        return False
+    return not (chan.closed or chan.eof_received or chan.recv_ready())
+
+
 def _drain(
     chan: paramiko.Channel, deadline: float, command: str, timeout: float
 ) -> tuple[bytes, bytes]:
