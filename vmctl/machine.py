@@ -372,6 +372,11 @@ def socket_in_use(path: Path) -> bool:
 
 def ensure_image(paths: Paths, progress: Progress) -> None:
     """Build the image if it is missing or the project's files changed; quiet if not."""
+    from vmctl.image_stamp import inputs_fingerprint, stamped_current, write_stamp
+
+    fingerprint = inputs_fingerprint()  # before the check: a change during it shows next time
+    if stamped_current(paths.images, fingerprint):
+        return
     from images.builder import build_image
     from images.errors import ImageBuildError
 
@@ -382,6 +387,7 @@ def ensure_image(paths: Paths, progress: Progress) -> None:
         for line in lines:
             progress(line)
         raise VmctlError(f"image build failed: {e.message}", hint=e.hint) from None
+    write_stamp(paths.images, fingerprint)
     if not lines or " is up to date (" not in lines[-1]:
         for line in lines:
             progress(line)
