@@ -503,11 +503,23 @@ class HostAgent:
             transport = self.transport
         return transport.open_unix_channel(GUEST_ENGINE_SOCKET)
 
+    def open_spare(self) -> paramiko.Channel:
+        """Like :meth:`open_engine_channel`, but never reconnecting SSH: a dropped
+        connection is mended by the next client's open, not by background threads that
+        would hold the transport lock (and could reconnect after a shutdown)."""
+        with self.transport_lock:
+            transport = self.transport
+        if transport is None or not transport.is_active():
+            raise VmctlError("the SSH connection to the VM is down")
+        return transport.open_unix_channel(GUEST_ENGINE_SOCKET)
+
     def serve_engine(self) -> None:
         from vmctl.transport import idle_channel_usable
 
         # channels opened ahead: each client of engine.sock skips the open's round trip
-        self.spares = SpareUpstreams(self.open_engine_channel, idle_channel_usable, _close)
+        self.spares = SpareUpstreams(
+            self.open_engine_channel, idle_channel_usable, _close, open_spare=self.open_spare
+        )
         self.spares.start()
         self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.spares.get)
         self.forwarder.start()

@@ -3,8 +3,9 @@
 The builder's own check is by content: it reads the recipe and the package lists, hashes
 every file of guest/ and agent/, and its code takes a while to import: ~0.1 s on the way
 to QEMU's start. After a start's check, a stamp records what the image's inputs looked
-like on disk (path, size, mode and mtime of every file under the project's images/,
-guest/ and agent/ packages) and which image they gave. A later start whose inputs look
+like on disk (path, mode, size, mtime, ctime and inode of every file under the project's
+images/, guest/ and agent/ packages, and the target of every symlink) and which image
+they gave. A later start whose inputs look
 the same, with that image still current and complete, skips the builder.
 
 Anything that differs (a file edited, added, removed or only touched) means the full
@@ -45,14 +46,26 @@ def inputs_fingerprint() -> str:
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            # a directory by name only: its mtime also moves when a cache appears in it
             for entry in dirnames:
-                digest.update(f"{os.path.join(dirpath, entry)}/\n".encode())
-            for entry in sorted(filenames):
                 path = os.path.join(dirpath, entry)
-                st = os.lstat(path)
-                digest.update(f"{path}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                if os.path.islink(path):  # the builder ships it as a link: by its target
+                    digest.update(f"{path}\0link\0{os.readlink(path)}\n".encode())
+                else:  # by name only: its mtime also moves when a cache appears in it
+                    digest.update(f"{path}/\n".encode())
+            for entry in sorted(filenames):
+                digest.update(_file_state(os.path.join(dirpath, entry)))
     return digest.hexdigest()
+
+
+def _file_state(path: str) -> bytes:
+    """Size and mtime, and inode and ctime: a tool that restores mtimes (cp -p, rsync -a,
+    tar) still gives a new ctime, which nobody can set, and a save by rename a new inode."""
+    st = os.lstat(path)
+    target = os.readlink(path) if os.path.islink(path) else ""
+    return (
+        f"{path}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0"
+        f"{st.st_ino}\0{target}\n"
+    ).encode()
 
 
 def stamped_current(images_dir: Path, fingerprint: str) -> bool:

@@ -30,7 +30,8 @@ class SpareUpstreams(Generic[T]):
     """Keeps ``count`` upstreams from ``open_upstream`` ready; :meth:`get` takes one.
 
     ``usable(upstream)`` says whether an idle spare can still carry a request; ``close``
-    releases one. Both must be cheap and must not block.
+    releases one. Both must be cheap and must not block. ``open_spare``, if given, opens
+    the spares (e.g. without the reconnecting that a client's own open may do).
     """
 
     def __init__(
@@ -39,8 +40,10 @@ class SpareUpstreams(Generic[T]):
         usable: Callable[[T], bool],
         close: Callable[[T], None],
         count: int = 3,
+        open_spare: Callable[[], T] | None = None,
     ) -> None:
         self._open = open_upstream
+        self._open_spare = open_spare or open_upstream
         self._usable = usable
         self._close = close
         self._count = count
@@ -105,7 +108,7 @@ class SpareUpstreams(Generic[T]):
                     return
                 self._opening += 1
             try:
-                upstream = self._open()
+                upstream = self._open_spare()
             except Exception as exc:  # the engine restarting, SSH reconnecting: try later
                 log.debug("could not open a spare connection: %s", exc)
                 with self._lock:

@@ -49,6 +49,20 @@ def test_every_kind_of_change_moves_the_fingerprint(sources: Path) -> None:
     assert changed()
     (sources / "agent" / "sub" / "module.py").rename(sources / "agent" / "sub" / "moved.py")
     assert changed()
+    moved = sources / "agent" / "sub" / "moved.py"
+    stat = moved.stat()
+    moved.write_text("x = 33\n")  # same size, and the mtime put back (cp -p, rsync -a, tar)
+    os.utime(moved, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert changed()  # the ctime moved
+
+
+def test_a_linked_directory_counts_by_its_target(sources: Path) -> None:
+    link = sources / "guest" / "sub" / "linked"
+    link.symlink_to(sources / "agent")
+    before = inputs_fingerprint()
+    link.unlink()
+    link.symlink_to(sources / "images")
+    assert inputs_fingerprint() != before
 
 
 def test_caches_do_not_count(sources: Path) -> None:

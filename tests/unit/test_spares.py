@@ -140,3 +140,18 @@ def test_a_burst_is_refilled_by_opens_side_by_side() -> None:
     finally:
         gate.set()
         upstreams.close()
+
+
+def test_fills_use_their_own_opener_and_clients_the_other() -> None:
+    spare_opener, client_opener = Opener(), Opener()
+    spare_opener.fail = True  # e.g. SSH is down: fillers do not reconnect, clients do
+    upstreams = SpareUpstreams(
+        client_opener, lambda fake: not fake.stale, lambda fake: None, 2,
+        open_spare=spare_opener,
+    )  # fmt: skip
+    upstreams.start()
+    try:
+        assert upstreams.get() is client_opener.made[0]
+        assert spare_opener.count == 0 and upstreams.ready() == 0
+    finally:
+        upstreams.close()
