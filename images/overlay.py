@@ -20,8 +20,7 @@ from images.errors import ImageBuildError
 from images.listing import skeleton
 from images.pycompile import Interpreter, compile_sources
 from images.tree import Dir, File, Symlink, Tree, normalize
-
-_SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+from images.walk import walk
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,6 @@ def package_dir(name: str) -> Path:
     return Path(module.__file__).resolve().parent
 
 
-def _walk(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-        found += [Path(dirpath) / name for name in sorted(filenames)]
-        # Symlinked directories are files to us (os.walk does not enter them).
-        found += [Path(dirpath) / d for d in dirnames if (Path(dirpath) / d).is_symlink()]
-    return sorted(found)
-
-
 def _source(guest_path: str, host: Path) -> Source:
     info = host.lstat()
     if stat.S_ISLNK(info.st_mode):
@@ -69,11 +58,11 @@ def _source(guest_path: str, host: Path) -> Source:
 def collect_sources(guest_rootfs: Path, agent_package: Path, agent_dir: str) -> list[Source]:
     sources: list[Source] = []
     if guest_rootfs.is_dir():
-        for host in _walk(guest_rootfs):
+        for host in walk(guest_rootfs):
             if host.name.endswith(".pyc"):
                 continue
             sources.append(_source(normalize(str(host.relative_to(guest_rootfs))), host))
-    for host in _walk(agent_package):
+    for host in walk(agent_package):
         if host.suffix == ".py" and host.is_file() and not host.is_symlink():
             rel = host.relative_to(agent_package.parent).as_posix()  # "agent/..."
             sources.append(_source(f"{agent_dir}/{rel}", host))

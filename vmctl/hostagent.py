@@ -492,10 +492,16 @@ class HostAgent:
         log.info("took over running QEMU pid %d", pid)
         return True
 
-    def open_engine_channel(self) -> paramiko.Channel:
-        """A channel to the guest's engine socket, reconnecting SSH if it dropped."""
+    def open_engine_channel(self, reconnect: bool = True) -> paramiko.Channel:
+        """A channel to the guest's engine socket, reconnecting SSH if it dropped.
+
+        Without ``reconnect`` (the spare channels' background opens) a dropped connection
+        is an error: the next client's open mends it, not threads that would hold the
+        transport lock meanwhile (or reconnect after a shutdown).
+        """
         with self.transport_lock:
-            assert self.transport is not None
+            if self.transport is None or (not reconnect and not self.transport.is_active()):
+                raise VmctlError("the SSH connection to the VM is down")
             if not self.transport.is_active():
                 log.warning("SSH transport dropped; reconnecting")
                 self.transport.close()
@@ -503,22 +509,15 @@ class HostAgent:
             transport = self.transport
         return transport.open_unix_channel(GUEST_ENGINE_SOCKET)
 
-    def open_spare(self) -> paramiko.Channel:
-        """Like :meth:`open_engine_channel`, but never reconnecting SSH: a dropped
-        connection is mended by the next client's open, not by background threads that
-        would hold the transport lock (and could reconnect after a shutdown)."""
-        with self.transport_lock:
-            transport = self.transport
-        if transport is None or not transport.is_active():
-            raise VmctlError("the SSH connection to the VM is down")
-        return transport.open_unix_channel(GUEST_ENGINE_SOCKET)
-
     def serve_engine(self) -> None:
         from vmctl.transport import idle_channel_usable
 
         # channels opened ahead: each client of engine.sock skips the open's round trip
         self.spares = SpareUpstreams(
-            self.open_engine_channel, idle_channel_usable, _close, open_spare=self.open_spare
+            self.open_engine_channel,
+            idle_channel_usable,
+            _close,
+            open_spare=lambda: self.open_engine_channel(reconnect=False),
         )
         self.spares.start()
         self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.spares.get)

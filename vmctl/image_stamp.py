@@ -5,8 +5,8 @@ every file of guest/ and agent/, and its code takes a while to import: ~0.1 s on
 to QEMU's start. After a start's check, a stamp records what the image's inputs looked
 like on disk (path, mode, size, mtime, ctime and inode of every file under the project's
 images/, guest/ and agent/ packages, and the target of every symlink) and which image
-they gave. A later start whose inputs look
-the same, with that image still current and complete, skips the builder.
+they gave. A later start whose inputs look the same, with that image still current and
+complete, skips the builder.
 
 Anything that differs (a file edited, added, removed or only touched) means the full
 check, which decides by content as always: the stamp can skip work, never choose a
@@ -22,11 +22,11 @@ import os
 from pathlib import Path
 
 from images.built import current_image
+from images.walk import walk
 from vmctl.atomic import write_atomic
 
 STAMP = "start-stamp.json"
 INPUTS = ("images", "guest", "agent")  # packages whose files make the image
-_SKIP_DIRS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
 
 def _package_dir(name: str) -> Path | None:
@@ -44,21 +44,13 @@ def inputs_fingerprint() -> str:
         digest.update(f"package {name} {root}\n".encode())
         if root is None:
             continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            for entry in dirnames:
-                path = os.path.join(dirpath, entry)
-                if os.path.islink(path):  # the builder ships it as a link: by its target
-                    digest.update(f"{path}\0link\0{os.readlink(path)}\n".encode())
-                else:  # by name only: its mtime also moves when a cache appears in it
-                    digest.update(f"{path}/\n".encode())
-            for entry in sorted(filenames):
-                digest.update(_file_state(os.path.join(dirpath, entry)))
+        for path in walk(root):  # the files the overlay reads, and more (images/)
+            digest.update(_file_state(path))
     return digest.hexdigest()
 
 
-def _file_state(path: str) -> bytes:
-    """Size and mtime, and inode and ctime: a tool that restores mtimes (cp -p, rsync -a,
+def _file_state(path: Path) -> bytes:
+    """Mode, size and mtime, and inode and ctime: a tool that restores mtimes (cp -p, rsync -a,
     tar) still gives a new ctime, which nobody can set, and a save by rename a new inode."""
     st = os.lstat(path)
     target = os.readlink(path) if os.path.islink(path) else ""
