@@ -6,8 +6,11 @@ import sys
 from types import SimpleNamespace
 
 from agent import __version__
-from agent.daemon import DEFAULT_SOCKET, run, wait_for
-from agent.logsetup import configure_logging
+from agent.api.unix_listener import ListenerError
+from agent.daemon import DEFAULT_SOCKET, Bound, listening_line, serve, wait_for, write_line
+from agent.logsetup import configure_logging, get_logger
+
+log = get_logger("agent")
 
 TYPE_CHECKING = False  # typing itself costs a tenth of a second at the VM's boot
 if TYPE_CHECKING:
@@ -185,11 +188,20 @@ def read_seed(path: str) -> dict[str, str]:
 
 
 def configure_registries(args: argparse.Namespace | SimpleNamespace) -> None:
+    """Registry options from the command line and the machine's settings (``--seed``).
+
+    Run by the start-up thread once the agent serves; requests that use the options wait
+    for it. Unreadable settings are logged and left out, never left pending.
+    """
     from agent.registry.options import DEFAULT_CERTS_DIR, RegistryOptions, configure
 
     insecure, certs_dirs = list(args.insecure_registry), list(args.certs_dir)
     if args.seed:
-        seed = read_seed(args.seed)
+        try:
+            seed = read_seed(args.seed)
+        except (OSError, ValueError) as error:
+            log.error("cannot read the machine's settings from %s: %s", args.seed, error)
+            seed = {}
         insecure += seed.get("VMCTL_INSECURE_REGISTRIES", "").split()
         # the host user's ~/.docker/certs.d is at the same path here, through the home share
         if seed.get("VMCTL_HOST_HOME"):
@@ -214,23 +226,52 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --host-gateway {args.host_gateway!r} is not IPv4", file=sys.stderr)
         return 2
-    if args.wait_for:
-        wait_for(args.wait_for)
+    if not args.wait_for:
+        status = open_log(args)
+        if status:
+            return status
+    # Listen before the wait: in the VM the host sends its first request as soon as the
+    # console says so, and it is answered the moment the boot ends and serving starts.
+    # (Until the log opens, the listener's INFO records, e.g. a stale socket removed after
+    # a restart, are not kept; its errors reach stderr.)
     try:
-        configure_registries(args)
-    except OSError as error:
-        print(f"error: cannot read the machine's settings: {error}", file=sys.stderr)
-        return 2
+        bound = Bound(args.socket)
+    except ListenerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.wait_for:
+        if args.announce:
+            write_line(args.announce, listening_line(args.socket), "say the socket listens")
+        wait_for(args.wait_for)
+        status = open_log(args)
+        if status:
+            bound.close()
+            return status
+    from agent.registry import options
+
+    options.configure_pending()  # the start-up thread reads the settings; pulls wait for it
+    status = serve(
+        bound,
+        args.announce,
+        args.root,
+        args.run_root,
+        args.preload,
+        start_up=lambda: configure_registries(args),
+    )
+    if status and args.log_file:
+        # the reason is in the log file; point at it on stderr
+        print(f"error: the agent stopped; see {args.log_file}", file=sys.stderr)
+    return status
+
+
+def open_log(args: argparse.Namespace | SimpleNamespace) -> int:
+    """Open the log file (0), or say why not on stderr (the exit status, 1)."""
     try:
         configure_logging(args.log_file, args.log_level)
     except OSError as error:
         print(f"error: cannot open log file {args.log_file}: {error}", file=sys.stderr)
         return 1
-    status = run(args.socket, args.announce, args.root, args.run_root, args.preload)
-    if status and args.log_file:
-        # the reason is in the log file; point at it on stderr
-        print(f"error: the agent could not start; see {args.log_file}", file=sys.stderr)
-    return status
+    return 0
 
 
 if __name__ == "__main__":

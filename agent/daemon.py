@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
+import threading
 
 from agent import __version__
 from agent.api.routes import build_router
 from agent.api.server import Server
-from agent.api.unix_listener import ListenerError, open_unix_listener, remove_socket_file
+from agent.api.unix_listener import open_unix_listener, remove_socket_file
 from agent.api.versions import API_VERSION
+from agent.logsetup import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = get_logger(__name__)
 
 DEFAULT_SOCKET = "/run/vmctl/engine.sock"
+
+
+LISTENING = "vmctl-agent: listening on"
 
 
 def readiness_line(socket_path: str) -> str:
@@ -22,17 +30,22 @@ def readiness_line(socket_path: str) -> str:
     return f"VMCTL-READY agent={__version__} api={API_VERSION} socket={socket_path}\n"
 
 
-def announce(path: str, socket_path: str) -> None:
-    """Write the readiness line to ``path`` (the console in the VM); failures only logged."""
+def listening_line(socket_path: str) -> str:
+    """The line that says the socket takes connections (answered once the boot is over)."""
+    return f"{LISTENING} {socket_path}\n"
+
+
+def write_line(path: str, line: str, purpose: str) -> None:
+    """Append ``line`` to ``path`` (the console in the VM); failures only logged."""
     try:
         # O_NOCTTY: opening a terminal must not make it our controlling terminal
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY, 0o644)
         try:
-            os.write(fd, readiness_line(socket_path).encode())
+            os.write(fd, line.encode())
         finally:
             os.close(fd)
     except OSError as error:
-        log.error("could not announce readiness on %s: %s", path, error)
+        log.error("could not %s on %s: %s", purpose, path, error)
 
 
 def wait_for(path: str, poll: float = 0.02) -> None:
@@ -41,33 +54,46 @@ def wait_for(path: str, poll: float = 0.02) -> None:
     The handlers are imported lazily on first request; importing them here moves that
     cost into the wait, which in the VM runs beside the rest of the boot.
     """
-    import importlib
     import time
 
-    importlib.import_module("agent.api.system")  # /_ping's handler: the host's first request
+    import agent.api.system  # noqa: F401  # /_ping's handler: the host's first request
+
     while not os.path.exists(path):
         time.sleep(poll)
 
 
-def run(
-    socket_path: str,
+class Bound:
+    """The engine socket, listening; connections queue until :func:`serve` accepts them.
+
+    In the VM the agent binds before the boot ends and says so on the console: the host
+    then opens its first connection and sends its first request, answered the moment
+    serving starts (no round trip after the announcement). Raises ListenerError.
+    """
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        listener, self.identity = open_unix_listener(socket_path)
+        self.server = Server(listener, build_router())
+
+    def close(self) -> None:
+        self.server.close()
+        remove_socket_file(self.socket_path, self.identity)
+
+
+def serve(
+    bound: Bound,
     announce_path: str | None = None,
     root: str | None = None,
     run_root: str = "/run/vmctl",
     preload: str | None = None,
+    start_up: Callable[[], None] | None = None,
 ) -> int:
-    """Serve the Engine API on ``socket_path``; the exit status for the process.
+    """Serve the Engine API on ``bound`` until SIGTERM/SIGINT; the process's exit status.
 
-    With ``root``, the container engine's state lives there and is opened (containers
-    re-adopted or restarted) in the background once the socket listens.
+    ``start_up`` runs beside the accept loop, then, with ``root``, the container engine's
+    state lives there and is opened (containers re-adopted or restarted) in the background.
     """
-    router = build_router()
-    try:
-        listener, identity = open_unix_listener(socket_path)
-    except ListenerError as error:
-        log.error("%s", error)
-        return 1
-    server = Server(listener, router)
+    server = bound.server
 
     def stop(signum: int, _frame: object) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
@@ -75,15 +101,26 @@ def run(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("vmctl agent %s serving API %s on %s", __version__, API_VERSION, socket_path)
     if announce_path:
-        announce(announce_path, socket_path)
-    if root is not None:
-        # After the announcement: the engine's imports would otherwise take the GIL from
-        # the steps before it (0.2-0.5 s at boot under tcg). Requests wait for the engine.
-        from agent import engine_handle
+        write_line(announce_path, readiness_line(bound.socket_path), "announce readiness")
 
-        engine_handle.start_in_background(root=root, run_root=run_root, preload=preload)
+    def finish_start_up() -> None:
+        # Beside the accept loop, after the announcement: logging's own import (its first
+        # record), the machine's settings and the engine's imports would otherwise hold up
+        # the first answers (0.2-0.5 s at boot under tcg). Requests that need the engine
+        # wait for it.
+        log.info("vmctl agent %s serving API %s on %s", __version__, API_VERSION, bound.socket_path)
+        if start_up is not None:
+            try:
+                start_up()
+            except Exception:
+                log.exception("the agent's start-up failed")
+        if root is not None:
+            from agent import engine_handle
+
+            engine_handle.start_in_background(root=root, run_root=run_root, preload=preload)
+
+    threading.Thread(target=finish_start_up, name="start-up", daemon=True).start()
     status = 0
     try:
         server.serve_forever()
@@ -91,8 +128,7 @@ def run(
         log.exception("the accept loop failed")
         status = 1
     finally:
-        server.close()
-        remove_socket_file(socket_path, identity)
+        bound.close()
         if root is not None:
             from agent import engine_handle
 

@@ -7,7 +7,6 @@ the modules involved form no import cycle; taking turns makes it safe whatever t
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 from types import ModuleType
@@ -20,4 +19,5 @@ def import_module(name: str) -> ModuleType:
     if module is not None and not getattr(module.__spec__, "_initializing", False):
         return module  # done already: no waiting behind another thread's imports
     with _LOCK:
-        return importlib.import_module(name)
+        __import__(name)  # not importlib.import_module: importing importlib imports warnings
+        return sys.modules[name]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 
@@ -23,8 +22,6 @@ _GO_ARCH = {
     "s390x": "s390x",
     "riscv64": "riscv64",
 }
-
-_SHELL_ESCAPE = re.compile(r'\\(["\\$`])')  # what a double-quoted value may escape
 
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
 GIT_COMMIT_ENV = "VMCTL_AGENT_GIT_COMMIT"
@@ -59,7 +56,10 @@ def parse_os_release(text: str) -> dict[str, str]:
         if quote in ("'", '"') and len(value) >= 2 and value.endswith(quote):
             value = value[1:-1]
             if quote == '"':
-                value = _SHELL_ESCAPE.sub(r"\1", value)
+                import re  # (not at the top: the agent's start-up never needs it)
+
+                # what a double-quoted value may escape
+                value = re.sub(r'\\(["\\$`])', r"\1", value)
         fields[key.strip()] = value
     return fields
 

@@ -245,7 +245,10 @@ def _build_base(
         raise ImageBuildError(f"cannot tell the kernel package among {kernel_pkg}")
     started = time.monotonic()
     release, vmlinuz, vmlinux, load_order = install_kernel(
-        debs[kernel_pkg[0]["name"]].read_bytes(), recipe.module_sets, tree
+        debs[kernel_pkg[0]["name"]].read_bytes(),
+        recipe.module_sets,
+        tree,
+        strip_signatures=recipe.strip_module_signatures,
     )
     progress(
         f"[5/{STEPS}] kernel {release}: {len(load_order)} modules, vmlinux "

@@ -63,6 +63,29 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     return vmlinux
 
 
+MODULE_SIG_MAGIC = b"~Module signature appended~\n"
+# struct module_signature, just before the magic: algo, hash, id_type, signer_len,
+# key_id_len (u8 each), 3 bytes of padding, sig_len (big-endian u32)
+_MODULE_SIG_INFO = struct.Struct(">5B3xI")
+
+
+def strip_module_signature(data: bytes) -> bytes:
+    """The module without its appended signature (unchanged if it has none).
+
+    A signed module makes the kernel hash all of it and check an RSA signature at every
+    insmod: ext4's 2 MB cost 0.25-0.3 s of the guest's boot under tcg (40-50 ms without).
+    """
+    if not data.endswith(MODULE_SIG_MAGIC):
+        return data
+    info_end = len(data) - len(MODULE_SIG_MAGIC)
+    info_start = info_end - _MODULE_SIG_INFO.size
+    *_, signer_len, key_id_len, sig_len = _MODULE_SIG_INFO.unpack(data[info_start:info_end])
+    end = info_start - sig_len - signer_len - key_id_len
+    if info_start < 0 or end < 0 or not data.startswith(b"\x7fELF"):
+        raise ImageBuildError("a kernel module's signature trailer is malformed")
+    return data[:end]
+
+
 def module_name(path: str) -> str:
     """'kernel/drivers/char/hw_random/virtio-rng.ko' -> 'virtio_rng' (as the kernel names it)."""
     base = path.rsplit("/", 1)[-1]

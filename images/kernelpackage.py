@@ -20,6 +20,7 @@ from images.kernel import (
     modules_load,
     modules_softdep,
     select_modules,
+    strip_module_signature,
 )
 from images.tree import File, Tree, normalize
 
@@ -47,7 +48,10 @@ class _LazyModules(Mapping[str, KernelModule]):
 
 
 def install_kernel(
-    deb: bytes, module_sets: Sequence[tuple[str, Sequence[str]]], tree: Tree
+    deb: bytes,
+    module_sets: Sequence[tuple[str, Sequence[str]]],
+    tree: Tree,
+    strip_signatures: bool = False,
 ) -> tuple[str, bytes, bytes, list[str]]:
     """Add the kept modules and their metadata files to `tree`.
 
@@ -100,6 +104,8 @@ def install_kernel(
                 data = lzma.decompress(data)
             # Uncompressed .ko: busybox insmod cannot read xz, and the archive is compressed.
             path = module.path.removesuffix(".xz")
+            if strip_signatures:
+                data = strip_module_signature(data)
             tree.add(f"{target}/{path}", File(data, 0o644), "kernel")
         selection.load_order = [
             KernelModule(m.name, m.path.removesuffix(".xz"), m.depends, m.softdep_pre, m.aliases)

@@ -39,6 +39,7 @@ class Recipe:
     install: tuple[str, ...]
     exclude: tuple[str, ...]
     kernel_package: str
+    strip_module_signatures: bool
     # Named module sets in load order (e.g. boot, storage, later); each becomes
     # modules.<name> in the guest. A trailing "?" marks a module that may be absent.
     module_sets: tuple[tuple[str, tuple[str, ...]], ...]
@@ -111,6 +112,9 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
         install=_strings(packages, "install", "packages"),
         exclude=_strings(packages, "exclude", "packages"),
         kernel_package=_get(kernel, "package", str, "kernel"),
+        strip_module_signatures=_get(
+            {"strip_module_signatures": False, **kernel}, "strip_module_signatures", bool, "kernel"
+        ),
         module_sets=tuple(
             (name, _strings(sets, name, "kernel.modules"))
             for sets in [_get(kernel, "modules", dict, "kernel")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ GUEST_ENGINE_SOCKET = "/run/vmctl/engine.sock"
 # Console markers written by the guest (guest/rootfs/init, boot steps, the agent).
 BOOT_PROGRESS = "vmctl-init: stage 1"
 SSH_READY = "sshd may start"  # connect now, beside the rest of the boot
+AGENT_LISTENING = "vmctl-agent: listening on"  # bound before the boot ends: ask at once
 READY = "VMCTL-READY"
 POWERED_OFF = "reboot: Power down"  # the kernel's last line after a clean poweroff
 GUEST_ERROR = "VMCTL-ERROR: "
@@ -126,6 +128,39 @@ class BackgroundConnect:
         if self.error is not None:
             raise self.error
         return self.transport
+
+
+class EarlyCheck:
+    """The engine check, sent as soon as the agent says it listens, before the boot ends.
+
+    The request waits in the socket's queue and is answered the moment the agent serves:
+    no round trip after its announcement. Any failure here only means the boot goes on to
+    the announcement and the usual check.
+    """
+
+    def __init__(self, open_channel: Callable[[], client.Stream]) -> None:
+        self.open_channel = open_channel
+        self.answered = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="engine-check", daemon=True)
+
+    def start(self) -> None:
+        if self.thread.ident is None:
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            client.ping(self.open_channel())
+        except Exception as e:  # noqa: BLE001 (the usual check reports real failures)
+            log.info("early engine check failed (%s); waiting for the announcement", e)
+            return
+        self.answered.set()
+
+
+def check_channel(ssh: BackgroundConnect) -> paramiko.Channel:
+    """The early check's channel, once SSH is up; it waits as long as the boot may take."""
+    channel = ssh.result().open_unix_channel(GUEST_ENGINE_SOCKET)
+    channel.settimeout(BOOT_DEADLINE)
+    return channel
 
 
 EXIT_UNKNOWN = -1000  # a QEMU we took over is not our child: its exit status is lost
@@ -349,8 +384,9 @@ class HostAgent:
             self.qemu = QemuProcess(popen.pid, popen)
             self.report(qemu_pid=popen.pid, ssh_port=port)
             ssh = BackgroundConnect(self.new_transport(port), time.monotonic() + BOOT_DEADLINE)
+            early = EarlyCheck(functools.partial(check_channel, ssh))
             try:
-                self.wait_for_boot(accel, on_ssh_ready=ssh.start)
+                self.wait_for_boot(accel, ssh.start, early)
             except AccelFailed as e:
                 ssh.cancel()
                 if "host forwarding rule" in str(e) and not explicit and port_retries < 2:
@@ -371,10 +407,17 @@ class HostAgent:
                 ssh.cancel()
                 raise
             self.transport = ssh.result()
-            self.check_engine()
+            if early.answered.is_set():
+                log.info("engine answers through SSH")
+            else:
+                self.check_engine()
             return
 
-    def wait_for_boot(self, accel: str, on_ssh_ready: Callable[[], None]) -> None:
+    def wait_for_boot(
+        self, accel: str, on_ssh_ready: Callable[[], None], early: EarlyCheck | None = None
+    ) -> None:
+        """Watch the console until the guest is ready: the agent's announcement, or the
+        early check answered (whichever comes first); errors, stalls and deadlines raise."""
         assert self.qemu is not None
         console = ConsoleLog(self.files.serial_log)
         started = time.monotonic()
@@ -385,6 +428,8 @@ class HostAgent:
                     progressed = True
                 if SSH_READY in line:
                     on_ssh_ready()
+                if AGENT_LISTENING in line and early is not None:
+                    early.start()
                 if GUEST_ERROR in line:
                     message = line.split(GUEST_ERROR, 1)[1].strip()
                     self.qemu.kill()
@@ -396,6 +441,11 @@ class HostAgent:
                 if READY in line:
                     log.info("guest ready after %.1f s: %s", time.monotonic() - started, line)
                     return
+            if early is not None and early.answered.is_set():
+                log.info(
+                    "guest ready after %.1f s: the engine answered", time.monotonic() - started
+                )
+                return
             code = self.qemu.exit_code()
             if code is not None:
                 qemu_said = self.qemu_log_tail()

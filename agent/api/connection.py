@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 
@@ -13,8 +12,9 @@ from agent.api.response import ResponseWriter, send_error_and_close
 from agent.api.router import MethodNotAllowed, Router
 from agent.api.versions import check_client_version
 from agent.errors import AgentError
+from agent.logsetup import debug_enabled, get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # what a client sees for an unexpected exception: enough to report, never a traceback
 MAX_ERROR_TEXT = 200
@@ -38,7 +38,7 @@ def serve_connection(sock: socket.socket, router: Router, limits: Limits) -> boo
                 return False
             if request is None:
                 return False
-            if log.isEnabledFor(logging.DEBUG):
+            if debug_enabled():
                 log.debug("%s %s headers: %s", request.method, request.target, _loggable(request))
             response = ResponseWriter(conn, request)
             handle_request(router, request, response)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import re
 
 from agent.api.buffered_socket import BufferedSocket, LineTooLong
 from agent.api.limits import Limits
@@ -18,10 +16,14 @@ if TYPE_CHECKING:
 
     from _typeshed import WriteableBuffer
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
-_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# Checked with plain string methods: no regular expressions (importing re and compiling
+# them is a noticeable part of the agent's start-up in the VM under tcg).
+# RFC 9110's tchar: what methods and header field names are made of
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+_DIGITS = frozenset("0123456789")
+_HEX_BYTES = frozenset(b"0123456789ABCDEFabcdef")
 _FALSE_WORDS = frozenset(("", "0", "no", "false", "none"))
 
 
@@ -72,8 +74,19 @@ def unquote(text: str, plus_is_space: bool = False) -> str:
         text = text.replace("+", " ")
     if "%" not in text:
         return text
-    raw = _PERCENT.sub(lambda m: bytes((int(m.group(1), 16),)), text.encode("utf-8"))
+    first, *rest = text.encode("utf-8").split(b"%")
+    raw = bytearray(first)
+    for piece in rest:  # each follows a "%": an escape if it starts with two hex digits
+        if _HEX_BYTES.issuperset(piece[:2]) and len(piece) >= 2:
+            raw.append(int(piece[:2], 16))
+            raw += piece[2:]
+        else:
+            raw += b"%" + piece
     return raw.decode("utf-8", "replace")
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and _TOKEN_CHARS.issuperset(text)
 
 
 def parse_query(raw_query: str) -> dict[str, list[str]]:
@@ -161,7 +174,7 @@ class RequestBody(io.RawIOBase):
     def _next_chunk(self) -> bool:
         """Read a chunk-size line; False (and the trailers consumed) at the last chunk."""
         size_text = self._read_chunk_line().split(b";", 1)[0].strip(b" \t")
-        if not _CHUNK_SIZE.fullmatch(size_text):
+        if not 1 <= len(size_text) <= 16 or not _HEX_BYTES.issuperset(size_text):
             raise ProtocolError(400, "malformed chunked encoding: bad chunk size")
         size = int(size_text, 16)
         if size == 0:
@@ -311,6 +324,8 @@ class Request:
         data = self.read_body()
         if not data.strip():
             return default
+        import json
+
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -372,13 +387,19 @@ def _read_head_line(conn: BufferedSocket, budget: int) -> bytes | None:
 
 def _parse_request_line(line: str) -> tuple[str, str, tuple[int, int]]:
     parts = line.split(" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
+    if len(parts) != 3 or not _is_token(parts[0]):
         raise ProtocolError(400, "malformed request line")
     method, target, version_text = parts
-    version = _HTTP_VERSION.fullmatch(version_text)
-    if version is None:
+    # HTTP/<digit>.<digit>
+    if not (
+        len(version_text) == 8
+        and version_text.startswith("HTTP/")
+        and version_text[6] == "."
+        and _DIGITS.issuperset(version_text[5] + version_text[7])
+    ):
         raise ProtocolError(400, "malformed HTTP version in request line")
-    if version.group(1) != "1":
+    major, minor = version_text[5], version_text[7]
+    if major != "1":
         raise ProtocolError(505, f"HTTP version {version_text[5:]} not supported")
     if not target.startswith("/"):
         scheme_end = target.find("://")
@@ -387,7 +408,7 @@ def _parse_request_line(line: str) -> tuple[str, str, tuple[int, int]]:
         if scheme_end > 0:  # absolute-form: keep only the path and query
             slash = target.find("/", scheme_end + 3)
             target = target[slash:] if slash >= 0 else "/"
-    return method, target, (1, int(version.group(2)))
+    return method, target, (1, int(minor))
 
 
 def _read_headers(conn: BufferedSocket, headers: Headers, budget: int, max_fields: int) -> None:
@@ -405,7 +426,7 @@ def _read_headers(conn: BufferedSocket, headers: Headers, budget: int, max_field
         if line[:1] in (b" ", b"\t"):
             raise ProtocolError(400, "obsolete header line folding is not accepted")
         name, colon, value = line.decode("latin-1").partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
+        if not colon or not _is_token(name):
             raise ProtocolError(400, "malformed header field")
         headers.add(name, value.strip(" \t"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
@@ -59,6 +58,8 @@ STREAM_FLUSH_SIZE = 65536
 
 def encode_json(value: object) -> bytes:
     """Compact JSON plus a newline, as Go's json.Encoder (which dockerd uses) writes it."""
+    import json  # here, not at the top: /_ping, the first request at boot, needs no JSON
+
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 

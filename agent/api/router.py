@@ -4,18 +4,18 @@ Patterns use named parameters: ``/containers/{id}/json`` matches one path segmen
 parameter; ``/images/{name:.+}/json`` gives a parameter its own regular expression (image
 names contain slashes). A handler may be given as ``"package.module:function"``: it is
 imported on first use, which keeps the agent's start-up (slow under QEMU tcg) cheap however
-many endpoints exist.
+many endpoints exist. For the same reason no regular expression is compiled (nor ``re``
+imported) before a request needs one: literal patterns are compared as strings.
 """
 
 from __future__ import annotations
-
-import re
 
 from agent import lazy_import
 from agent.errors import AgentError, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import re
     from collections.abc import Callable
 
     from agent.api.request import Request
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     Handler = Callable[[Request, ResponseWriter], None]
 
-_VERSION_PREFIX = re.compile(r"/v([0-9.]+)(/.*)")
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]+))?\}")
+_VERSION_CHARS = frozenset("0123456789.")
+_PARAM = r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]+))?\}"
 
 
 class MethodNotAllowed(AgentError):
@@ -37,9 +37,11 @@ class MethodNotAllowed(AgentError):
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """``/containers/{id}/json`` -> a regex with a named group per parameter."""
+    import re
+
     parts: list[str] = []
     position = 0
-    for param in _PARAM.finditer(pattern):
+    for param in re.finditer(_PARAM, pattern):
         parts.append(re.escape(pattern[position : param.start()]))
         parts.append(f"(?P<{param.group(1)}>{param.group(2) or '[^/]+'})")
         position = param.end()
@@ -50,13 +52,22 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 class Route:
     """One method and path pattern, and the handler that serves it."""
 
-    __slots__ = ("method", "pattern", "regex", "_handler")
+    __slots__ = ("method", "pattern", "_regex", "_handler")
 
     def __init__(self, method: str, pattern: str, handler: Handler | str) -> None:
         self.method = method
         self.pattern = pattern
-        self.regex = compile_pattern(pattern)
+        self._regex: re.Pattern[str] | None = None  # compiled on first use
         self._handler = handler
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters if ``path`` matches the whole pattern, else None."""
+        if "{" not in self.pattern:
+            return {} if path == self.pattern else None
+        if self._regex is None:
+            self._regex = compile_pattern(self.pattern)
+        found = self._regex.fullmatch(path)
+        return None if found is None else found.groupdict()
 
     @property
     def handler(self) -> Handler:
@@ -81,10 +92,13 @@ class Match:
 
 def split_version(path: str) -> tuple[str | None, str]:
     """``/v1.50/containers/json`` -> ("1.50", "/containers/json"); unversioned -> (None, path)."""
-    prefixed = _VERSION_PREFIX.fullmatch(path)
-    if prefixed is None:
+    slash = path.find("/", 2)
+    version = path[2:slash]
+    if not path.startswith("/v") or slash < 0 or not version:
         return None, path
-    return prefixed.group(1), prefixed.group(2)
+    if not _VERSION_CHARS.issuperset(version):
+        return None, path
+    return version, path[slash:]
 
 
 class Router:
@@ -103,11 +117,11 @@ class Router:
         version, bare_path = split_version(path)
         allowed: list[str] = []
         for route in self.routes:
-            found = route.regex.fullmatch(bare_path)
-            if found is None:
+            params = route.match(bare_path)
+            if params is None:
                 continue
             if route.method == method:
-                return Match(route, found.groupdict(), version)
+                return Match(route, params, version)
             if route.method not in allowed:
                 allowed.append(route.method)
         if allowed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import select
 import socket
@@ -14,8 +13,9 @@ import time
 from agent.api.connection import serve_connection
 from agent.api.limits import DEFAULT_LIMITS, Limits
 from agent.api.router import Router
+from agent.logsetup import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # accept() failures that mean "out of resources for now", not "the listener is broken"
 _TRANSIENT_ACCEPT_ERRORS = frozenset(

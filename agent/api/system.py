@@ -6,19 +6,16 @@ others import what they need when called.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import re
 import threading
 import time
-from datetime import datetime
 
 from agent import __version__, sysinfo
 from agent.api.request import Request
 from agent.api.response import TEXT_TYPE, ResponseWriter
 from agent.api.versions import API_VERSION, MIN_API_VERSION
 from agent.errors import BadRequest
+from agent.logsetup import debug_enabled
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -166,12 +163,16 @@ def _mem_total() -> int:
 
 def _proxy(*names: str) -> str:
     """A proxy setting of the daemon's environment, its credentials masked as dockerd does."""
+    import re
+
     value = next((os.environ[n] for n in names if os.environ.get(n)), "")
     return re.sub(r"//[^/@]+@", "//xxxxx:xxxxx@", value)
 
 
 def info_document() -> dict[str, object]:
     """GET /info: the engine and the machine it runs on, counted now."""
+    from datetime import datetime
+
     from agent import engine_handle, events
     from agent import runtime as runtime_package
     from agent.runtime import cgroups
@@ -232,7 +233,7 @@ def info_document() -> dict[str, object]:
         "IPv4Forwarding": forwarding,
         "BridgeNfIptables": _read_text("/proc/sys/net/bridge/bridge-nf-call-iptables") == "1",
         "BridgeNfIp6tables": _read_text("/proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1",
-        "Debug": logging.getLogger().isEnabledFor(logging.DEBUG),
+        "Debug": debug_enabled(),
         "NFd": len(os.listdir("/proc/self/fd")),
         "NGoroutines": threading.active_count(),  # the daemon's threads
         "SystemTime": datetime.now().astimezone().isoformat(),
@@ -331,6 +332,7 @@ def _tree_size(path: str) -> int:
 
 
 def _layer_sizes(store: ImageStore, chains: list[str]) -> list[int]:
+    import json
 
     sizes = []
     for chain in chains:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import socket
 import stat
 
-log = logging.getLogger(__name__)
+from agent.logsetup import get_logger
+
+log = get_logger(__name__)
 
 BACKLOG = 128
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 DEFAULT_CERTS_DIR = "/etc/docker/certs.d"
 
 
@@ -33,12 +35,23 @@ class RegistryOptions:
 
 
 _current = RegistryOptions()
+_settled = threading.Event()
+_settled.set()
+SETTLE_TIMEOUT = 60.0  # seconds: a start-up that never configures must not hang requests
+
+
+def configure_pending() -> None:
+    """:func:`configure` follows shortly (the agent reads the machine's settings once it
+    serves): until then :func:`current` waits, so no request sees the defaults instead."""
+    _settled.clear()
 
 
 def configure(options: RegistryOptions) -> None:
     global _current
     _current = options
+    _settled.set()
 
 
 def current() -> RegistryOptions:
+    _settled.wait(SETTLE_TIMEOUT)
     return _current

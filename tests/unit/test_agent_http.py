@@ -630,6 +630,19 @@ def test_http_2_is_505(client: Client) -> None:
     assert client.read().status == 505
 
 
+@pytest.mark.parametrize(
+    "version", [b"HTTP/1.x", b"HTTP/11", b"HTTP/1.10", b"http/1.1", "HTTP/1.\u0661".encode()]
+)
+def test_malformed_http_versions_are_400(client: Client, version: bytes) -> None:
+    client.send(b"GET /_ping " + version + b"\r\n\r\n")
+    assert client.read().status == 400
+
+
+def test_http_1_0_is_served(client: Client) -> None:
+    client.send(b"GET /_ping HTTP/1.0\r\n\r\n")
+    assert client.read().status == 200
+
+
 def test_unknown_transfer_encoding_is_501(client: Client) -> None:
     client.send(b"POST /test/echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
     assert client.read().status == 501

@@ -7,7 +7,10 @@ kill what it gives up on.
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,14 @@ import pytest
 
 from vmctl import hostagent
 from vmctl.errors import VmctlError
-from vmctl.hostagent import AccelFailed, BootStalled, HostAgent, QemuProcess, StopRequested
+from vmctl.hostagent import (
+    AccelFailed,
+    BootStalled,
+    EarlyCheck,
+    HostAgent,
+    QemuProcess,
+    StopRequested,
+)
 from vmctl.paths import MachineFiles, Paths
 
 
@@ -52,6 +62,54 @@ def test_a_guest_that_boots_is_ready(agent: HostAgent) -> None:
     agent.wait_for_boot("tcg", on_ssh_ready=lambda: ssh_ready.append(True))
     assert ssh_ready == [True]
     assert agent.qemu is not None and agent.qemu.exit_code() is None  # left running
+
+
+LISTENING_GUEST = (
+    'echo "vmctl-init: stage 1" >>$LOG; sleep 0.1; '
+    'echo "vmctl-boot: [1.0] sshd may start" >>$LOG; sleep 0.1; '
+    'echo "vmctl-agent: listening on /run/vmctl/engine.sock" >>$LOG; sleep 30'
+)
+
+
+def answering_engine(delay: float) -> socket.socket:
+    """One end of a connection whose other end answers /_ping as the agent does, after
+    ``delay`` (the rest of the boot, while the request waits in the socket's queue)."""
+    ours, theirs = socket.socketpair()
+
+    def answer() -> None:
+        theirs.recv(4096)
+        time.sleep(delay)
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+        theirs.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    return ours
+
+
+def test_the_early_check_answered_ends_the_wait(agent: HostAgent) -> None:
+    stand_in(agent, LISTENING_GUEST)  # no announcement ever comes
+    early = EarlyCheck(lambda: answering_engine(0.3))
+    started = time.monotonic()
+    agent.wait_for_boot("tcg", on_ssh_ready=lambda: None, early=early)
+    assert early.answered.is_set()
+    assert time.monotonic() - started < 5  # long before the 10 s deadline
+
+
+def test_a_failed_early_check_leaves_the_wait_to_the_announcement(agent: HostAgent) -> None:
+    stand_in(
+        agent,
+        LISTENING_GUEST.replace(
+            "sleep 30", 'sleep 0.5; echo "VMCTL-READY agent=0.1.0" >>$LOG; sleep 30'
+        ),
+    )
+
+    def refused() -> socket.socket:
+        raise ConnectionRefusedError("no such socket")
+
+    early = EarlyCheck(refused)
+    agent.wait_for_boot("tcg", on_ssh_ready=lambda: None, early=early)
+    assert not early.answered.is_set()
+    assert "VMCTL-READY" in agent.files.serial_log.read_text()  # it waited for the line
 
 
 def test_hardware_accelerator_without_progress_falls_back(agent: HostAgent) -> None:

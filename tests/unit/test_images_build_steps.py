@@ -22,6 +22,7 @@ def test_shipped_recipe_loads() -> None:
     assert recipe.suite == "bookworm" and recipe.arch == "amd64"
     assert "busybox-static" in recipe.install and "dpkg" in recipe.exclude
     assert recipe.kernel_package == "linux-image-amd64"
+    assert recipe.strip_module_signatures is True
     sets = dict(recipe.module_sets)
     assert list(sets) == ["boot", "disk", "shares", "later"]
     assert sets["boot"].index("virtio_ring") < sets["boot"].index("virtio_pci")

@@ -19,6 +19,7 @@ from images.kernel import (
     modules_load,
     modules_softdep,
     select_modules,
+    strip_module_signature,
 )
 
 
@@ -186,3 +187,22 @@ def test_modules_load_can_select() -> None:
     selection = select_modules({"a": a, "b": b, "c": c}, ["b", "c"], set())
     assert modules_load(selection, only={"a", "b"}) == "kernel/a.ko\nkernel/b.ko\n"
     assert modules_load(selection, only={"c"}) == "kernel/c.ko\n"
+
+
+def signed(module: bytes, signature: bytes) -> bytes:
+    """``module`` with a signature appended the way the kernel's sign-file appends it."""
+    info = struct.pack(">5B3xI", 0, 0, 2, 0, 0, len(signature))  # id_type 2: PKCS#7
+    return module + signature + info + b"~Module signature appended~\n"
+
+
+def test_strip_module_signature() -> None:
+    module = make_elf({".modinfo": b"name=demo\0"})
+    assert strip_module_signature(signed(module, b"\x30" * 530)) == module
+    assert strip_module_signature(module) == module  # unsigned: unchanged
+
+
+def test_a_malformed_signature_trailer_is_refused() -> None:
+    module = make_elf({".modinfo": b"name=demo\0"})
+    longer_than_the_file = struct.pack(">5B3xI", 0, 0, 2, 0, 0, 1 << 20)
+    with pytest.raises(ImageBuildError, match="signature trailer"):
+        strip_module_signature(module + longer_than_the_file + b"~Module signature appended~\n")
