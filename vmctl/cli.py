@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmctl import __version__, containers_cli, docker_context, native
+from vmctl import __version__, docker_context, native
 from vmctl.config import MachineConfig, Mount, parse_mount, parse_size_gib, parse_size_mib
 from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
 from vmctl.machine import Machine, MachineStatus, State, list_machines
 from vmctl.paths import DEFAULT_MACHINE, Paths
+from vmctl.verbs import VERBS
 
 SHELLS = ("sh", "bash", "zsh", "fish", "powershell", "cmd")
 
@@ -427,7 +428,7 @@ def build_parser(group: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmctl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    verbs_list = ",".join((*HOST_GROUPS, *containers_cli.VERBS, "build"))
+    verbs_list = ",".join((*HOST_GROUPS, *VERBS, "build"))
     top = parser.add_subparsers(dest="group", required=True, metavar=f"{{{verbs_list}}}")
 
     machine = top.add_parser("machine", help="create, start and manage VMs")
@@ -496,6 +497,8 @@ def build_parser(group: str | None = None) -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_engine_serve)
     if group in HOST_GROUPS:
         return parser
+    from vmctl import containers_cli  # (~30 ms of imports that machine commands skip)
+
     containers_cli.add_parsers(top)
     from vmctl import build_cli  # `vmctl build`: the Dockerfile builder
 
@@ -515,7 +518,7 @@ def strip_debug(argv: list[str]) -> tuple[list[str], bool]:
     """Take out vmctl's --debug; after a container verb only before it (a container's
     command may have its own --debug)."""
     verb = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
-    end = verb if verb < len(argv) and argv[verb] in containers_cli.VERBS else len(argv)
+    end = verb if verb < len(argv) and argv[verb] in VERBS else len(argv)
     kept = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     return kept, len(kept) != len(argv)
 

@@ -97,7 +97,47 @@ def connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:
 
 
 def ping(conn: Stream) -> None:
-    resp = request(conn, "GET", "/_ping")
+    _check_ping(request(conn, "GET", "/_ping"))
+
+
+def ping_keep_open(conn: Stream) -> bool:
+    """``ping`` on a connection left open: True if it can carry the next request (the
+    answer gave its length and did not ask to close), else False and it is closed."""
+    try:
+        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: engine\r\n\r\n")
+        resp, reusable = _read_one_response(conn)
+        _check_ping(resp)
+    except BaseException:
+        conn.close()
+        raise
+    if not reusable:
+        conn.close()
+    return reusable
+
+
+def _read_one_response(conn: Stream) -> tuple[Response, bool]:
+    """One response, read no further than its end when its length is known; whether the
+    connection may carry another request."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < MAX_RESPONSE:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    resp = parse_response(data)
+    length = resp.headers.get("content-length", "")
+    if not length.isdigit() or resp.headers.get("connection", "").lower() == "close":
+        return resp, False
+    body = resp.body
+    while len(body) < int(length):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return Response(resp.status, resp.headers, body), False
+        body += chunk
+    return Response(resp.status, resp.headers, body), len(body) == int(length)
+
+
+def _check_ping(resp: Response) -> None:
     if resp.status != 200 or resp.body.strip() != b"OK":
         raise VmctlError(
             f"the engine answered /_ping with {resp.status}: {resp.body[:200]!r}", hint=AGENT_HINT

@@ -44,15 +44,6 @@ if TYPE_CHECKING:
     from vmctl.machine import Machine
 
 HOST_ENV = "VMCTL_HOST"
-VERBS: tuple[str, ...] = ("run", "ps", "logs", "exec", "start", "stop", "rm", "inspect")
-VERBS += ("kill", "restart")
-VERBS += ("volume", "info")  # vmctl/system_cli.py
-VERBS += ("cp", "top", "stats")  # vmctl/copy_cli.py
-VERBS += ("images", "rmi", "load", "save", "tag")  # vmctl/images_cli.py
-VERBS += ("commit",)  # vmctl/commit_cli.py
-VERBS += ("pull", "push")  # vmctl/registry_cli.py
-VERBS += ("port",)  # vmctl/port_cli.py
-VERBS += ("network",)  # vmctl/network_cli.py
 # docker run's own failures (the engine refused, or the command could not be run)
 EXIT_REFUSED, EXIT_NOT_RUNNABLE, EXIT_NOT_FOUND = 125, 126, 127
 STARTING_WAIT = 600.0

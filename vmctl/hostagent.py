@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from vmctl import accel as accelmod
 from vmctl import client, procs
@@ -39,7 +39,7 @@ from vmctl.forward import UnixSocketForwarder
 from vmctl.guest_events import EventHooks, EventSubscriber
 from vmctl.paths import MachineFiles, Paths
 from vmctl.ports import HostForwards, PortPublisher, qmp_monitor
-from vmctl.qemu import QEMU_INSTALL_HINT, BootImage, build_argv, qemu_binary
+from vmctl.qemu import QEMU_INSTALL_HINT, BootImage, build_argv, check_port_free, qemu_binary
 from vmctl.spares import SpareUpstreams
 from vmctl.status import (
     FAILED,
@@ -130,7 +130,10 @@ class BackgroundConnect:
         return self.transport
 
 
-class EarlyCheck:
+C = TypeVar("C", bound=client.Stream)
+
+
+class EarlyCheck(Generic[C]):
     """The engine check, sent as soon as the agent says it listens, before the boot ends.
 
     The request waits in the socket's queue and is answered the moment the agent serves:
@@ -138,9 +141,10 @@ class EarlyCheck:
     the announcement and the usual check.
     """
 
-    def __init__(self, open_channel: Callable[[], client.Stream]) -> None:
+    def __init__(self, open_channel: Callable[[], C]) -> None:
         self.open_channel = open_channel
         self.answered = threading.Event()
+        self.channel: C | None = None  # kept open: the first spare connection
         self.thread = threading.Thread(target=self._run, name="engine-check", daemon=True)
 
     def start(self) -> None:
@@ -149,7 +153,9 @@ class EarlyCheck:
 
     def _run(self) -> None:
         try:
-            client.ping(self.open_channel())
+            channel = self.open_channel()
+            if client.ping_keep_open(channel):
+                self.channel = channel
         except Exception as e:  # noqa: BLE001 (the usual check reports real failures)
             log.info("early engine check failed (%s); waiting for the announcement", e)
             return
@@ -211,18 +217,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            raise VmctlError(
-                f"port {port} on 127.0.0.1 is already in use",
-                hint='free it, or set "ssh_port": 0 in the machine\'s config.json '
-                "to pick a free port at each start",
-            ) from None
-
-
 def qemu_version(binary: str, cache: Path) -> str:
     """QEMU's version (part of the accelerator memory's key).
 
@@ -260,6 +254,7 @@ class HostAgent:
         self.transport_lock = threading.Lock()
         self.forwarder: UnixSocketForwarder | None = None
         self.spares: SpareUpstreams[paramiko.Channel] | None = None
+        self.checked_channel: paramiko.Channel | None = None  # the early check's, still open
         self.config: MachineConfig | None = None
         # the guest engine's events: register here to act on them (e.g. published ports)
         self.event_hooks = EventHooks()
@@ -407,6 +402,7 @@ class HostAgent:
                 ssh.cancel()
                 raise
             self.transport = ssh.result()
+            self.checked_channel = early.channel
             if early.answered.is_set():
                 log.info("engine answers through SSH")
             else:
@@ -414,7 +410,10 @@ class HostAgent:
             return
 
     def wait_for_boot(
-        self, accel: str, on_ssh_ready: Callable[[], None], early: EarlyCheck | None = None
+        self,
+        accel: str,
+        on_ssh_ready: Callable[[], None],
+        early: EarlyCheck[paramiko.Channel] | None = None,
     ) -> None:
         """Watch the console until the guest is ready: the agent's announcement, or the
         early check answered (whichever comes first); errors, stalls and deadlines raise."""
@@ -569,6 +568,9 @@ class HostAgent:
             _close,
             open_spare=lambda: self.open_engine_channel(reconnect=False),
         )
+        if self.checked_channel is not None:
+            self.spares.offer(self.checked_channel)  # the first client skips an open
+            self.checked_channel = None
         self.spares.start()
         self.forwarder = UnixSocketForwarder(self.files.engine_socket, self.spares.get)
         self.forwarder.start()

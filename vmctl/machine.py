@@ -28,7 +28,7 @@ from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
 from vmctl.keys import generate_keypair, write_known_hosts
 from vmctl.paths import MachineFiles, Paths, check_socket_path
-from vmctl.qemu import QEMU_INSTALL_HINT, qemu_binary
+from vmctl.qemu import QEMU_INSTALL_HINT, check_port_free, qemu_binary
 from vmctl.seed import write_seed_config
 from vmctl.status import (
     FAILED,
@@ -235,8 +235,6 @@ class Machine:
     def check_host(self, config: MachineConfig) -> None:
         """What this host must offer before the machine can boot (checked before create
         too, so a start that cannot work leaves no new machine behind)."""
-        from vmctl.hostagent import check_port_free
-
         config.validate()  # shared folders must exist now
         if shutil.which(qemu_binary()) is None:
             raise VmctlError(f"{qemu_binary()} not found on PATH", hint=QEMU_INSTALL_HINT)

@@ -63,6 +63,14 @@ class SpareUpstreams(Generic[T]):
         for thread in self._threads:
             thread.start()
 
+    def offer(self, upstream: T) -> None:
+        """Add an upstream opened elsewhere (and idle) as a spare; released if not needed."""
+        with self._lock:
+            if not self._closed and len(self._spares) + self._opening < self._count:
+                self._spares.append(upstream)
+                return
+        self._release(upstream)
+
     def get(self) -> T:
         """A ready spare if one is still usable, else a fresh upstream (its errors raise)."""
         stale: list[T] = []

@@ -8,6 +8,19 @@ from typing import Any
 
 VerbAdder = Callable[[str, Any, str], argparse.ArgumentParser]
 
+# The engine verbs, here rather than with their parsers (vmctl/containers_cli.py): the
+# command line needs their names for every command, machine start included, and their
+# module imports the engine client.
+VERBS: tuple[str, ...] = ("run", "ps", "logs", "exec", "start", "stop", "rm", "inspect")
+VERBS += ("kill", "restart")
+VERBS += ("volume", "info")  # vmctl/system_cli.py
+VERBS += ("cp", "top", "stats")  # vmctl/copy_cli.py
+VERBS += ("images", "rmi", "load", "save", "tag")  # vmctl/images_cli.py
+VERBS += ("commit",)  # vmctl/commit_cli.py
+VERBS += ("pull", "push")  # vmctl/registry_cli.py
+VERBS += ("port",)  # vmctl/port_cli.py
+VERBS += ("network",)  # vmctl/network_cli.py
+
 
 def verb_adder(top: Any, parent: argparse.ArgumentParser) -> VerbAdder:
     """A function adding one verb (name, handler, help) that takes the engine options of

@@ -93,6 +93,23 @@ def test_the_early_check_answered_ends_the_wait(agent: HostAgent) -> None:
     agent.wait_for_boot("tcg", on_ssh_ready=lambda: None, early=early)
     assert early.answered.is_set()
     assert time.monotonic() - started < 5  # long before the 10 s deadline
+    assert early.channel is None  # that answer closed its connection
+
+
+def test_the_early_checks_connection_is_kept_when_it_stays_open(agent: HostAgent) -> None:
+    stand_in(agent, LISTENING_GUEST)
+    ours, theirs = socket.socketpair()
+
+    def answer() -> None:
+        theirs.recv(4096)
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")  # and stays open
+
+    threading.Thread(target=answer, daemon=True).start()
+    early = EarlyCheck(lambda: ours)
+    agent.wait_for_boot("tcg", on_ssh_ready=lambda: None, early=early)
+    assert early.channel is ours and ours.fileno() != -1
+    ours.close()
+    theirs.close()
 
 
 def test_a_failed_early_check_leaves_the_wait_to_the_announcement(agent: HostAgent) -> None:

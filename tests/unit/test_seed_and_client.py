@@ -71,3 +71,42 @@ def test_ping_over_a_socket(tmp_path: Path) -> None:
 def test_connect_to_nothing_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(VmctlError, match="cannot connect to the engine"):
         client.connect_unix(tmp_path / "absent.sock")
+
+
+def serve_answers(answers: list[bytes]) -> socket.socket:
+    """One end of a connection whose other end reads a request before each answer, then
+    closes: an engine answering keep-alive requests on one connection."""
+    ours, theirs = socket.socketpair()
+
+    def serve() -> None:
+        with theirs:
+            for answer in answers:
+                if not theirs.recv(4096):
+                    return
+                theirs.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return ours
+
+
+OK_KEEP_ALIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nApi-Version: 1.50\r\n\r\nOK"
+
+
+def test_ping_keep_open_leaves_the_connection_usable() -> None:
+    conn = serve_answers([OK_KEEP_ALIVE, OK_KEEP_ALIVE])
+    assert client.ping_keep_open(conn) is True
+    assert client.ping_keep_open(conn) is True  # the same connection carried a second one
+    conn.close()
+
+
+def test_ping_keep_open_closes_what_cannot_be_reused() -> None:
+    conn = serve_answers([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK"])
+    assert client.ping_keep_open(conn) is False
+    assert conn.fileno() == -1  # closed
+
+
+def test_ping_keep_open_refused_answer_raises_and_closes() -> None:
+    conn = serve_answers([b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"])
+    with pytest.raises(VmctlError, match="500"):
+        client.ping_keep_open(conn)
+    assert conn.fileno() == -1

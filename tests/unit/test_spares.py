@@ -155,3 +155,30 @@ def test_fills_use_their_own_opener_and_clients_the_other() -> None:
         assert spare_opener.count == 0 and upstreams.ready() == 0
     finally:
         upstreams.close()
+
+
+def test_an_offered_upstream_is_handed_out_first_and_counts_as_a_spare() -> None:
+    opener = Opener()
+    upstreams = pool(opener, count=2)
+    offered = Fake(0)
+    upstreams.offer(offered)
+    upstreams.start()
+    try:
+        wait_for(lambda: upstreams.ready() == 2)
+        assert opener.count == 1  # only one more was opened
+        assert upstreams.get() is offered
+    finally:
+        upstreams.close()
+
+
+def test_an_offer_beyond_the_count_or_after_close_is_released() -> None:
+    opener = Opener()
+    upstreams = pool(opener, count=1)
+    first, second = Fake(0), Fake(-1)
+    upstreams.offer(first)
+    upstreams.offer(second)
+    assert second.closed and not first.closed
+    upstreams.close()
+    late = Fake(-2)
+    upstreams.offer(late)
+    assert late.closed and first.closed
