@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -46,7 +47,8 @@ OPTIONS = (
     Option("--log-file", "append the log here instead of stderr"),
     Option(
         "--announce",
-        "once listening, write a VMCTL-READY line here (the VM's /dev/console)",
+        "write a VMCTL-READY line here once serving (the VM's /dev/console); with "
+        "--wait-for, a line saying the socket listens first",
         metavar="PATH",
     ),
     Option(
@@ -57,8 +59,9 @@ OPTIONS = (
     ),
     Option(
         "--wait-for",
-        "start up, then wait until PATH exists before logging and listening "
-        "(in the VM: the end of the boot, so Python's start-up overlaps it)",
+        "start up and listen (connections wait), then wait until PATH exists before "
+        "opening the log and serving (in the VM: the end of the boot, which Python's "
+        "start-up overlaps)",
         metavar="PATH",
     ),
     Option(
@@ -199,7 +202,7 @@ def configure_registries(args: argparse.Namespace | SimpleNamespace) -> None:
     if args.seed:
         try:
             seed = read_seed(args.seed)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 (the options must never stay pending)
             log.error("cannot read the machine's settings from %s: %s", args.seed, error)
             seed = {}
         insecure += seed.get("VMCTL_INSECURE_REGISTRIES", "").split()
@@ -226,20 +229,24 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --host-gateway {args.host_gateway!r} is not IPv4", file=sys.stderr)
         return 2
-    if not args.wait_for:
-        status = open_log(args)
-        if status:
-            return status
     # Listen before the wait: in the VM the host sends its first request as soon as the
     # console says so, and it is answered the moment the boot ends and serving starts.
-    # (Until the log opens, the listener's INFO records, e.g. a stale socket removed after
-    # a restart, are not kept; its errors reach stderr.)
+    # The log (on the data disk there) opens after the boot; when the boot is already
+    # over (the agent restarted) or there is no wait, first.
+    log_first = not args.wait_for or os.path.exists(args.wait_for)
+    if log_first and (status := open_log(args)):
+        return status
     try:
         bound = Bound(args.socket)
     except ListenerError as error:
         print(f"error: {error}", file=sys.stderr)
+        if args.log_file:  # where `vmctl machine logs --agent` looks
+            if not log_first:
+                wait_for(args.wait_for)
+            if log_first or not open_log(args):
+                log.error("%s", error)
         return 1
-    if args.wait_for:
+    if not log_first:
         if args.announce:
             write_line(args.announce, listening_line(args.socket), "say the socket listens")
         wait_for(args.wait_for)

@@ -107,20 +107,24 @@ def serve(
     def finish_start_up() -> None:
         # Beside the accept loop, after the announcement: logging's own import (its first
         # record), the machine's settings and the engine's imports would otherwise hold up
-        # the first answers (0.2-0.5 s at boot under tcg). Requests that need the engine
-        # wait for it.
+        # the first answers (0.2-0.5 s at boot under tcg).
         log.info("vmctl agent %s serving API %s on %s", __version__, API_VERSION, bound.socket_path)
         if start_up is not None:
             try:
                 start_up()
             except Exception:
                 log.exception("the agent's start-up failed")
-        if root is not None:
-            from agent import engine_handle
 
-            engine_handle.start_in_background(root=root, run_root=run_root, preload=preload)
+    if root is not None:
+        from agent import engine_handle
 
-    threading.Thread(target=finish_start_up, name="start-up", daemon=True).start()
+        # started here, before the first request is accepted: one that needs the engine
+        # waits for it (rather than being told there is none)
+        engine_handle.start_in_background(
+            finish_start_up, root=root, run_root=run_root, preload=preload
+        )
+    else:
+        threading.Thread(target=finish_start_up, name="start-up", daemon=True).start()
     status = 0
     try:
         server.serve_forever()

@@ -14,6 +14,8 @@ from agent.logsetup import get_logger
 
 TYPE_CHECKING = False  # typing costs a tenth of a second at the VM's boot
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.engine import Engine
 
 log = get_logger(__name__)
@@ -30,12 +32,16 @@ class _Opener:
         self._error: str = ""
         self._started = False
 
-    def start(self, **kwargs: object) -> None:
+    def start(self, first: Callable[[], None] | None = None, **kwargs: object) -> None:
+        """Open the engine in a thread, after ``first`` (the agent's other start-up work).
+        From now on requests that need the engine wait for it."""
         self._started = True
 
         def work() -> None:
             try:
                 apply_logging()  # before the engine's modules, which use logging directly
+                if first is not None:
+                    first()
                 from agent import lazy_import
 
                 engine = lazy_import.import_module("agent.engine")
@@ -83,8 +89,8 @@ def mark_opened(run_root: str) -> None:
         log.warning("cannot write %s in %s: %s", OPENED_MARKER, run_root, error)
 
 
-def start_in_background(**kwargs: object) -> None:
-    _opener.start(**kwargs)
+def start_in_background(first: Callable[[], None] | None = None, **kwargs: object) -> None:
+    _opener.start(first, **kwargs)
 
 
 def current() -> Engine:

@@ -79,9 +79,11 @@ def strip_module_signature(data: bytes) -> bytes:
         return data
     info_end = len(data) - len(MODULE_SIG_MAGIC)
     info_start = info_end - _MODULE_SIG_INFO.size
+    if info_start < 0:
+        raise ImageBuildError("a kernel module's signature trailer is malformed")
     *_, signer_len, key_id_len, sig_len = _MODULE_SIG_INFO.unpack(data[info_start:info_end])
     end = info_start - sig_len - signer_len - key_id_len
-    if info_start < 0 or end < 0 or not data.startswith(b"\x7fELF"):
+    if end < 0 or not data.startswith(b"\x7fELF"):
         raise ImageBuildError("a kernel module's signature trailer is malformed")
     return data[:end]
 

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,9 +36,10 @@ from vmctl.console import ConsoleLog
 from vmctl.errors import VmctlError
 from vmctl.forward import UnixSocketForwarder
 from vmctl.guest_events import EventHooks, EventSubscriber
+from vmctl.localports import check_port_free, free_port
 from vmctl.paths import MachineFiles, Paths
 from vmctl.ports import HostForwards, PortPublisher, qmp_monitor
-from vmctl.qemu import QEMU_INSTALL_HINT, BootImage, build_argv, check_port_free, qemu_binary
+from vmctl.qemu import QEMU_INSTALL_HINT, BootImage, build_argv, qemu_binary
 from vmctl.spares import SpareUpstreams
 from vmctl.status import (
     FAILED,
@@ -144,22 +144,41 @@ class EarlyCheck(Generic[C]):
     def __init__(self, open_channel: Callable[[], C]) -> None:
         self.open_channel = open_channel
         self.answered = threading.Event()
-        self.channel: C | None = None  # kept open: the first spare connection
         self.thread = threading.Thread(target=self._run, name="engine-check", daemon=True)
+        self._lock = threading.Lock()
+        self._channel: C | None = None  # kept open: the first spare connection
+        self._abandoned = False
 
     def start(self) -> None:
-        if self.thread.ident is None:
-            self.thread.start()
+        with self._lock:
+            if self.thread.ident is None:
+                self.thread.start()
+
+    def outcome(self, timeout: float) -> tuple[bool, C | None]:
+        """Whether the engine answered (a check in flight gets ``timeout`` more) and the
+        connection it answered on, still open, now the caller's. A check that answers only
+        later is abandoned: it closes its own connection."""
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+        with self._lock:
+            self._abandoned = True
+            channel, self._channel = self._channel, None
+            return self.answered.is_set(), channel
 
     def _run(self) -> None:
         try:
             channel = self.open_channel()
-            if client.ping_keep_open(channel):
-                self.channel = channel
+            reusable = client.ping_keep_open(channel)
         except Exception as e:  # noqa: BLE001 (the usual check reports real failures)
             log.info("early engine check failed (%s); waiting for the announcement", e)
             return
-        self.answered.set()
+        with self._lock:
+            keep = reusable and not self._abandoned
+            if keep:
+                self._channel = channel
+            self.answered.set()
+        if reusable and not keep:  # answered too late to be kept
+            channel.close()
 
 
 def check_channel(ssh: BackgroundConnect) -> paramiko.Channel:
@@ -209,12 +228,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def qemu_version(binary: str, cache: Path) -> str:
@@ -402,8 +415,9 @@ class HostAgent:
                 ssh.cancel()
                 raise
             self.transport = ssh.result()
-            self.checked_channel = early.channel
-            if early.answered.is_set():
+            # The announcement may come first: an early check in flight answers moments later.
+            answered, self.checked_channel = early.outcome(ENGINE_CHECK_TIMEOUT)
+            if answered:
                 log.info("engine answers through SSH")
             else:
                 self.check_engine()
@@ -421,14 +435,18 @@ class HostAgent:
         console = ConsoleLog(self.files.serial_log)
         started = time.monotonic()
         progressed = False
+        ssh_ready = agent_listening = False
         while True:
             for line in console.new_lines():
                 if BOOT_PROGRESS in line:
                     progressed = True
                 if SSH_READY in line:
+                    ssh_ready = True
                     on_ssh_ready()
-                if AGENT_LISTENING in line and early is not None:
-                    early.start()
+                if AGENT_LISTENING in line:
+                    agent_listening = True
+                if ssh_ready and agent_listening and early is not None:
+                    early.start()  # (not before sshd may start: it connects SSH first)
                 if GUEST_ERROR in line:
                     message = line.split(GUEST_ERROR, 1)[1].strip()
                     self.qemu.kill()
@@ -569,6 +587,7 @@ class HostAgent:
             open_spare=lambda: self.open_engine_channel(reconnect=False),
         )
         if self.checked_channel is not None:
+            self.checked_channel.settimeout(None)  # as every spare: clients may idle long
             self.spares.offer(self.checked_channel)  # the first client skips an open
             self.checked_channel = None
         self.spares.start()

@@ -27,8 +27,9 @@ from vmctl.config import MachineConfig, load_config, save_config
 from vmctl.console import tail_lines
 from vmctl.errors import VmctlError
 from vmctl.keys import generate_keypair, write_known_hosts
+from vmctl.localports import check_port_free
 from vmctl.paths import MachineFiles, Paths, check_socket_path
-from vmctl.qemu import QEMU_INSTALL_HINT, check_port_free, qemu_binary
+from vmctl.qemu import QEMU_INSTALL_HINT, qemu_binary
 from vmctl.seed import write_seed_config
 from vmctl.status import (
     FAILED,

@@ -5,7 +5,6 @@ Kept free of I/O so every accelerator and option can be unit-tested on any host.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,15 +156,3 @@ def seed_items(files: MachineFiles) -> dict[str, Path]:
         "authorized_keys": files.client_key.with_suffix(".pub"),
         "ssh_host_ed25519_key": files.host_key,
     }
-
-
-def check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            raise VmctlError(
-                f"port {port} on 127.0.0.1 is already in use",
-                hint='free it, or set "ssh_port": 0 in the machine\'s config.json '
-                "to pick a free port at each start",
-            ) from None

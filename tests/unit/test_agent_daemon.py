@@ -242,3 +242,48 @@ def test_wait_for_blocks_until_the_path_exists(tmp_path: Path) -> None:
     flag.touch()
     assert done.wait(5)
     thread.join()
+
+
+def test_with_wait_for_it_listens_first_and_answers_once_the_wait_ends(tmp_dir: Path) -> None:
+    """The VM's order: listen and say so, wait for the boot, open the log, announce, serve;
+    a request sent while it waits is answered then, on the same connection."""
+    sock_path, console, log_file = tmp_dir / "engine.sock", tmp_dir / "console", tmp_dir / "log"
+    boot_done = tmp_dir / "boot-done"
+    process = start_agent(
+        "--socket", str(sock_path), "--announce", str(console), "--log-file", str(log_file),
+        "--wait-for", str(boot_done),
+    )  # fmt: skip
+    try:
+        assert wait_for_line(console, process) == f"vmctl-agent: listening on {sock_path}\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(sock_path))
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)  # not before the boot is over
+            assert not log_file.exists()  # the log opens after the wait (the data disk)
+            boot_done.touch()
+            sock.settimeout(TIMEOUT)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        assert console.read_text().splitlines()[1].startswith("VMCTL-READY")
+        deadline = time.monotonic() + TIMEOUT
+        while "serving API" not in (log_file.read_text() if log_file.exists() else ""):
+            assert time.monotonic() < deadline, "the start-up thread never logged"
+            time.sleep(0.02)
+    finally:
+        assert stop(process) == 0
+
+
+def test_a_socket_it_cannot_take_after_the_boot_is_in_the_log(tmp_dir: Path) -> None:
+    """Restarted by its supervisor once the boot is over, an agent that cannot listen says
+    why in its log (where `vmctl machine logs --agent` looks), not only on stderr."""
+    path, log_file, boot_done = tmp_dir / "engine.sock", tmp_dir / "agent.log", tmp_dir / "done"
+    path.write_text("precious")
+    boot_done.touch()
+    process = start_agent(
+        "--socket", str(path), "--log-file", str(log_file), "--wait-for", str(boot_done)
+    )  # fmt: skip
+    _stdout, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1
+    assert "not a socket" in stderr and "not a socket" in log_file.read_text()
+    assert path.read_text() == "precious"

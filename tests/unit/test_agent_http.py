@@ -631,9 +631,10 @@ def test_http_2_is_505(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "version", [b"HTTP/1.x", b"HTTP/11", b"HTTP/1.10", b"http/1.1", "HTTP/1.\u0661".encode()]
+    "version", [b"HTTP/1.x", b"HTTP/11", b"HTTP/1.10", b"http/1.1", b"HTTP/1.\xb2"]
 )
 def test_malformed_http_versions_are_400(client: Client, version: bytes) -> None:
+    # (b"\xb2" is latin-1's superscript two: str.isdigit() says yes, HTTP says no)
     client.send(b"GET /_ping " + version + b"\r\n\r\n")
     assert client.read().status == 400
 

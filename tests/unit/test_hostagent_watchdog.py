@@ -91,9 +91,8 @@ def test_the_early_check_answered_ends_the_wait(agent: HostAgent) -> None:
     early = EarlyCheck(lambda: answering_engine(0.3))
     started = time.monotonic()
     agent.wait_for_boot("tcg", on_ssh_ready=lambda: None, early=early)
-    assert early.answered.is_set()
     assert time.monotonic() - started < 5  # long before the 10 s deadline
-    assert early.channel is None  # that answer closed its connection
+    assert early.outcome(0) == (True, None)  # that answer closed its connection
 
 
 def test_the_early_checks_connection_is_kept_when_it_stays_open(agent: HostAgent) -> None:
@@ -107,7 +106,7 @@ def test_the_early_checks_connection_is_kept_when_it_stays_open(agent: HostAgent
     threading.Thread(target=answer, daemon=True).start()
     early = EarlyCheck(lambda: ours)
     agent.wait_for_boot("tcg", on_ssh_ready=lambda: None, early=early)
-    assert early.channel is ours and ours.fileno() != -1
+    assert early.outcome(0) == (True, ours) and ours.fileno() != -1
     ours.close()
     theirs.close()
 
@@ -249,3 +248,60 @@ def test_qemu_version_is_asked_once_per_binary(tmp_path: Path) -> None:
 def test_qemu_version_of_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(VmctlError, match="not found on PATH"):
         hostagent.qemu_version("no-such-qemu-binary", tmp_path / "cache.json")
+
+
+def test_a_check_in_flight_is_waited_for_and_its_connection_handed_over() -> None:
+    ours, theirs = socket.socketpair()
+
+    def answer() -> None:
+        theirs.recv(4096)
+        time.sleep(0.3)  # the announcement was read first
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+    threading.Thread(target=answer, daemon=True).start()
+    early = EarlyCheck(lambda: ours)
+    early.start()
+    assert early.outcome(5.0) == (True, ours)
+    assert ours.fileno() != -1  # open: the caller's now
+    ours.close()
+    theirs.close()
+
+
+def test_a_check_answered_too_late_closes_its_own_connection() -> None:
+    ours, theirs = socket.socketpair()
+    go = threading.Event()
+
+    def answer() -> None:
+        theirs.recv(4096)
+        go.wait(5)
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+    threading.Thread(target=answer, daemon=True).start()
+    early = EarlyCheck(lambda: ours)
+    early.start()
+    assert early.outcome(0.1) == (False, None)  # given up on: the usual check follows
+    go.set()
+    early.thread.join(5)
+    assert ours.fileno() == -1  # not left open for nobody
+    theirs.close()
+
+
+def test_the_early_check_waits_for_sshd_to_be_allowed_to_start(agent: HostAgent) -> None:
+    stand_in(
+        agent,
+        'echo "vmctl-init: stage 1" >>$LOG; sleep 0.1; '
+        'echo "vmctl-agent: listening on /run/vmctl/engine.sock" >>$LOG; sleep 0.5; '
+        'echo "vmctl-boot: [1.0] sshd may start" >>$LOG; sleep 0.1; '
+        'echo "VMCTL-READY agent=0.1.0" >>$LOG; sleep 30',
+    )
+    opened: list[float] = []
+    ssh_at: list[float] = []
+
+    def open_channel() -> socket.socket:
+        opened.append(time.monotonic())
+        raise ConnectionRefusedError("only counting")
+
+    early = EarlyCheck(open_channel)
+    agent.wait_for_boot("tcg", on_ssh_ready=lambda: ssh_at.append(time.monotonic()), early=early)
+    early.thread.join(5)
+    assert ssh_at and opened and opened[0] >= ssh_at[0]

@@ -189,15 +189,14 @@ def test_modules_load_can_select() -> None:
     assert modules_load(selection, only={"c"}) == "kernel/c.ko\n"
 
 
-def signed(module: bytes, signature: bytes) -> bytes:
-    """``module`` with a signature appended the way the kernel's sign-file appends it."""
-    info = struct.pack(">5B3xI", 0, 0, 2, 0, 0, len(signature))  # id_type 2: PKCS#7
-    return module + signature + info + b"~Module signature appended~\n"
-
-
 def test_strip_module_signature() -> None:
     module = make_elf({".modinfo": b"name=demo\0"})
-    assert strip_module_signature(signed(module, b"\x30" * 530)) == module
+    signature = b"\x30\x82" + b"\x5a" * 528  # PKCS#7, 530 bytes
+    # struct module_signature as sign-file writes it: algo 0, hash 0, id_type 2 (PKCS#7),
+    # signer_len 0, key_id_len 0, 3 bytes of padding, sig_len 530 big-endian
+    trailer = bytes([0, 0, 2, 0, 0, 0, 0, 0]) + (530).to_bytes(4, "big")
+    signed = module + signature + trailer + b"~Module signature appended~\n"
+    assert strip_module_signature(signed) == module
     assert strip_module_signature(module) == module  # unsigned: unchanged
 
 
@@ -206,3 +205,5 @@ def test_a_malformed_signature_trailer_is_refused() -> None:
     longer_than_the_file = struct.pack(">5B3xI", 0, 0, 2, 0, 0, 1 << 20)
     with pytest.raises(ImageBuildError, match="signature trailer"):
         strip_module_signature(module + longer_than_the_file + b"~Module signature appended~\n")
+    with pytest.raises(ImageBuildError, match="signature trailer"):
+        strip_module_signature(b"\x7fELF~Module signature appended~\n")  # no room for it
