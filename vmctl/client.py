@@ -127,7 +127,10 @@ def _read_one_response(conn: Stream) -> tuple[Response, bool]:
     resp = parse_response(data)
     length = resp.headers.get("content-length", "")
     if not length.isdigit() or resp.headers.get("connection", "").lower() == "close":
-        return resp, False
+        # the end of the answer is the end of the connection: read it all
+        while len(data) < MAX_RESPONSE and (chunk := conn.recv(65536)):
+            data += chunk
+        return parse_response(data), False
     body = resp.body
     while len(body) < int(length):
         chunk = conn.recv(65536)

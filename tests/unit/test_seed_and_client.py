@@ -6,6 +6,7 @@ import shlex
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,18 @@ def test_ping_keep_open_refused_answer_raises_and_closes() -> None:
     with pytest.raises(VmctlError, match="500"):
         client.ping_keep_open(conn)
     assert conn.fileno() == -1
+
+
+def test_ping_keep_open_reads_a_closing_answer_to_its_end() -> None:
+    """An answer that ends with its connection may come in pieces: the body is read whole."""
+    ours, theirs = socket.socketpair()
+
+    def serve() -> None:
+        with theirs:
+            theirs.recv(4096)
+            theirs.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            time.sleep(0.1)
+            theirs.sendall(b"OK")
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert client.ping_keep_open(ours) is False
