@@ -11,6 +11,8 @@ import sys
 import threading
 from types import ModuleType
 
+from agent.logsetup import apply as apply_logging
+
 _LOCK = threading.RLock()
 
 
@@ -18,6 +20,9 @@ def import_module(name: str) -> ModuleType:
     module = sys.modules.get(name)
     if module is not None and not getattr(module.__spec__, "_initializing", False):
         return module  # done already: no waiting behind another thread's imports
+    # These modules may use logging directly: it is set up before they are imported, so
+    # none of their records is lost (agent/logsetup.py holds only its own loggers').
+    apply_logging()
     with _LOCK:
         __import__(name)  # not importlib.import_module: importing importlib imports warnings
         return sys.modules[name]

@@ -2,18 +2,23 @@
 
 Importing :mod:`logging` (with re, traceback, string, weakref and warnings, which it
 imports) costs ~0.3 s of the agent's start in the VM under tcg, on the way to its first
-answer. So :func:`configure_logging` only opens the log and records the level, and the
-modules on that way take their loggers from :func:`get_logger`: a stand-in that imports
-logging, and applies the configuration, the first time it logs. The engine's start-up
-thread calls :func:`apply` before anything else, so records from modules that use
-:mod:`logging` directly are never dropped.
+answers. So :func:`configure_logging` only opens the log and records the level, and the
+modules on that way take their loggers from :func:`get_logger`: a stand-in that holds
+plain records (debug, info, warning, error, without extra arguments) until logging is
+set up, and sets it up for anything else. The engine's start-up thread calls
+:func:`apply` before anything else: it imports logging there, installs the handler and
+writes the held records with their own time and thread. So a request's access log line
+never waits for that import, and records from modules that use :mod:`logging` directly
+are never dropped.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,10 +27,15 @@ if TYPE_CHECKING:
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s"
 
-_lock = threading.Lock()
+# reentrant: a signal handler that logs may interrupt its own thread holding it
+_lock = threading.RLock()
 _stream: TextIO | None = None  # where records go, once configured
 _level = "INFO"
 _applied = False
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# (logger name, level, message, time, thread name) held until :func:`apply`
+_held: list[tuple[str, int, str, float, str]] = []
+MAX_HELD = 1000  # beyond this, logging is set up on the spot
 
 
 def configure_logging(log_file: str | None, level: str = "INFO") -> None:
@@ -43,12 +53,14 @@ def configure_logging(log_file: str | None, level: str = "INFO") -> None:
         stream = sys.stderr
     with _lock:
         _stream, _level, _applied = stream, level.upper(), False
+    atexit.register(flush)  # records still held when the process ends are written then
     if "logging" in sys.modules:
         apply()  # already in use (tests, a second configuration): take effect now
 
 
 def apply() -> None:
-    """Import logging and install the configured handler (once; a no-op unconfigured)."""
+    """Import logging, install the configured handler and write the held records (once;
+    a no-op unconfigured)."""
     global _applied
     if _applied:
         return
@@ -62,7 +74,22 @@ def apply() -> None:
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(_level)
+        held = _held[:]
+        _held.clear()
         _applied = True
+        for name, level, message, created, thread_name in held:
+            logger = logging.getLogger(name)
+            if logger.isEnabledFor(level):
+                record = logger.makeRecord(name, level, "", 0, message, (), None)
+                record.created, record.msecs = created, int(created % 1 * 1000)
+                record.threadName = thread_name
+                logger.handle(record)
+
+
+def flush() -> None:
+    """Write the held records now, if there are any."""
+    if _held:
+        apply()
 
 
 def debug_enabled() -> bool:
@@ -71,12 +98,17 @@ def debug_enabled() -> bool:
 
 
 class _DeferredLogger:
-    """``logging.getLogger(name)``, looked up (and logging set up) on first use."""
+    """``logging.getLogger(name)``, looked up (and logging set up) on first use; until
+    then plain records are held (see the module's docstring)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
 
     def __getattr__(self, attribute: str) -> object:
+        level = LEVELS.get(attribute)
+        if level is not None and not _applied and _stream is not None:
+            # not cached: once logging is set up, the logger's own method is wanted
+            return lambda msg, *args, **kwargs: _hold(self._name, level, msg, args, kwargs)
         import logging
 
         apply()
@@ -84,6 +116,25 @@ class _DeferredLogger:
         if callable(value):
             setattr(self, attribute, value)  # later calls go straight to the bound method
         return value
+
+
+def _hold(name: str, level: int, msg: object, args: tuple[object, ...], kwargs: dict) -> None:
+    if not kwargs:  # exc_info, stack_info, extra: for logging itself
+        if level < LEVELS.get(_level.lower(), 20):
+            return
+        try:
+            message = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            message = f"{msg} {args}"  # as logging would, say what could not be formatted
+        held = (name, level, message, time.time(), threading.current_thread().name)
+        with _lock:
+            if not _applied and _stream is not None and len(_held) < MAX_HELD:
+                _held.append(held)
+                return
+    import logging
+
+    apply()
+    logging.getLogger(name).log(level, msg, *args, **kwargs)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -169,7 +169,7 @@ class SSHTransport:
         attempt = 0
         last: BaseException | None = None
         # Every 50 ms for the first seconds: a refused attempt costs a few ms, and at boot
-        # the host agent connects as soon as sshd may start, so it listens moments later
+        # the host agent connects as soon as ssh is reachable, so sshd listens moments later
         # (~0.5 s under tcg), and a grown delay would be waited out on top of that.
         delay = 0.05
         fast_until = time.monotonic() + FAST_RETRIES_FOR

@@ -52,6 +52,13 @@ def wait_for_line(path: Path, process: subprocess.Popen[str]) -> str:
     raise AssertionError("agent did not announce readiness")
 
 
+def wait_for_text(path: Path, text: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"{text!r} never reached {path}"
+        time.sleep(0.02)
+
+
 def ping(sock_path: Path) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
@@ -144,7 +151,8 @@ def test_stale_socket_is_replaced(tmp_dir: Path) -> None:
     running = Agent(tmp_dir)
     try:
         assert ping(sock_path).endswith(b"OK")
-        assert "removing stale socket" in running.log.read_text()
+        # logged before logging was set up: written moments later, by the start-up thread
+        wait_for_text(running.log, "removing stale socket")
     finally:
         stop(running.process)
 
@@ -266,10 +274,7 @@ def test_with_wait_for_it_listens_first_and_answers_once_the_wait_ends(tmp_dir: 
             sock.settimeout(TIMEOUT)
             assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
         assert console.read_text().splitlines()[1].startswith("VMCTL-READY")
-        deadline = time.monotonic() + TIMEOUT
-        while "serving API" not in (log_file.read_text() if log_file.exists() else ""):
-            assert time.monotonic() < deadline, "the start-up thread never logged"
-            time.sleep(0.02)
+        wait_for_text(log_file, "serving API")  # the start-up thread's record
     finally:
         assert stop(process) == 0
 
@@ -287,3 +292,46 @@ def test_a_socket_it_cannot_take_after_the_boot_is_in_the_log(tmp_dir: Path) -> 
     assert process.returncode == 1
     assert "not a socket" in stderr and "not a socket" in log_file.read_text()
     assert path.read_text() == "precious"
+
+
+FIRST_PING_SCRIPT = """
+import os, signal, socket, sys, threading
+from agent import lazy_import
+from agent.daemon import Bound, serve
+
+assert "agent.api.system" not in sys.modules, "the test needs /_ping's handler unimported"
+path = sys.argv[1]
+locked, release = threading.Event(), threading.Event()
+
+def start_up():
+    # what the engine's opener does: hold the deferred-import lock through a long import
+    with lazy_import._LOCK:
+        locked.set()
+        release.wait(60)
+
+def client():
+    locked.wait(10)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(b"GET /_ping HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        try:
+            print(sock.recv(4096).split(b"\\r\\n")[0].decode(), flush=True)
+        except TimeoutError:
+            print("no answer", flush=True)
+    release.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=client, daemon=True).start()
+sys.exit(serve(Bound(path), start_up=start_up))
+"""
+
+
+def test_first_ping_does_not_wait_for_the_engine_import(tmp_dir: Path) -> None:
+    """At boot the engine's opener holds the import lock for seconds; the host's first
+    /_ping must not need it (its handler module is imported before the opener starts)."""
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_PING_SCRIPT, str(tmp_dir / "e.sock")],
+        cwd=REPO, env=agent_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.stdout.strip() == "HTTP/1.1 200 OK", result.stderr

@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import sys
-from agent.logsetup import configure_logging, debug_enabled, get_logger
+from agent.logsetup import apply, configure_logging, debug_enabled, get_logger
 log = get_logger("agent.demo")
 configure_logging(sys.argv[1], sys.argv[2])
 assert "logging" not in sys.modules  # opening the log does not import logging
 print(debug_enabled())
 log.info("first record")
+apply()  # what the engine's opener does first
 import logging
 logging.getLogger("agent.other").warning("a module using logging directly")
 log.debug("debug record")
@@ -56,3 +57,53 @@ def test_a_log_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError):
         configure_logging(str(tmp_path / "file" / "agent.log"))
+
+
+HELD_SCRIPT = """
+import sys, threading, time
+from agent.logsetup import apply, configure_logging, get_logger
+log = get_logger("agent.demo")
+configure_logging(sys.argv[1], "INFO")
+def answer():
+    log.info("answered %s in %d ms", "/_ping", 3)
+worker = threading.Thread(target=answer, name="conn-1")
+worker.start()
+worker.join()
+log.debug("below the level")
+log.warning("%d%% held", 100)
+assert "logging" not in sys.modules  # held: the answering thread did not import it
+with open(sys.argv[1]) as f:
+    assert f.read() == ""  # nothing written yet
+time.sleep(0.2)
+if sys.argv[2] == "apply":
+    apply()
+    log.error("after")
+"""
+
+
+def run_held(log_file: Path, how: str) -> list[str]:
+    subprocess.run(
+        [sys.executable, "-S", "-c", HELD_SCRIPT, str(log_file), how],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    return log_file.read_text().splitlines()
+
+
+def test_records_are_held_until_logging_is_set_up(tmp_path: Path) -> None:
+    lines = run_held(tmp_path / "agent.log", "apply")
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "INFO agent.demo[conn-1]: answered /_ping in 3 ms",  # its own thread's name
+        "WARNING agent.demo[MainThread]: 100% held",
+        "ERROR agent.demo[MainThread]: after",
+    ]
+    # each with the time it was logged, not the time it was written
+    held_at, written_at = lines[1].split(" ")[1], lines[2].split(" ")[1]
+    assert held_at < written_at
+
+
+def test_held_records_are_written_when_the_process_ends(tmp_path: Path) -> None:
+    lines = run_held(tmp_path / "agent.log", "exit")
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "INFO agent.demo[conn-1]: answered /_ping in 3 ms",
+        "WARNING agent.demo[MainThread]: 100% held",
+    ]

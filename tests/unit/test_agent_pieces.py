@@ -118,21 +118,22 @@ from agent.api.limits import DEFAULT_LIMITS
 from agent.api.request import read_request
 from agent.api.response import ResponseWriter
 from agent.api.routes import build_router
+from agent.api.connection import handle_request
+from agent.logsetup import configure_logging
 agent.__main__.parse_args(ARGV)
+configure_logging(sys.argv[1])  # the access log line is held, not written: no logging
 ours, theirs = socket.socketpair()
 ours.sendall(b"GET /v1.50/_ping HTTP/1.1\\r\\nHost: engine\\r\\n\\r\\n")
 conn = BufferedSocket(theirs)
 request = read_request(conn, DEFAULT_LIMITS)
-match = build_router().resolve(request.method, request.path)
 response = ResponseWriter(conn, request)
-match.route.handler(request, response)
-response.finish()
+handle_request(build_router(), request, response)
 assert ours.recv(4096).startswith(b"HTTP/1.1 200 OK")
 print([m for m in HEAVY if m in sys.modules])
 """
 
 
-def test_startup_avoids_heavy_modules() -> None:
+def test_startup_avoids_heavy_modules(tmp_path: Path) -> None:
     """Everything up to the first answer (/_ping) stays off the slow imports.
 
     Under tcg in the VM these are seconds of the boot: logging alone, with what it imports,
@@ -143,13 +144,15 @@ def test_startup_avoids_heavy_modules() -> None:
              "importlib", "shlex"]  # fmt: skip
     code = FIRST_ANSWER.replace("ARGV", repr(SERVICE_ARGV)).replace("HEAVY", repr(heavy))
     result = subprocess.run(
-        [sys.executable, "-S", "-c", code],
+        [sys.executable, "-S", "-c", code, str(tmp_path / "agent.log")],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
         check=True,
     )
     assert result.stdout.strip() == "[]"
+    # written when the process ended
+    assert "GET /v1.50/_ping -> 200" in (tmp_path / "agent.log").read_text()
 
 
 # the options guest/rootfs/usr/lib/vmctl/service gives the agent in the VM

@@ -55,7 +55,7 @@ def test_a_guest_that_boots_is_ready(agent: HostAgent) -> None:
     stand_in(
         agent,
         'echo "vmctl-init: stage 1" >>$LOG; sleep 0.2; '
-        'echo "vmctl-boot: [1.0] sshd may start" >>$LOG; sleep 0.2; '
+        'echo "vmctl-boot: [1.0] network up, ssh reachable" >>$LOG; sleep 0.2; '
         'echo "VMCTL-READY agent=0.1.0" >>$LOG; sleep 30',
     )
     ssh_ready: list[bool] = []
@@ -66,7 +66,7 @@ def test_a_guest_that_boots_is_ready(agent: HostAgent) -> None:
 
 LISTENING_GUEST = (
     'echo "vmctl-init: stage 1" >>$LOG; sleep 0.1; '
-    'echo "vmctl-boot: [1.0] sshd may start" >>$LOG; sleep 0.1; '
+    'echo "vmctl-boot: [1.0] network up, ssh reachable" >>$LOG; sleep 0.1; '
     'echo "vmctl-agent: listening on /run/vmctl/engine.sock" >>$LOG; sleep 30'
 )
 
@@ -291,7 +291,7 @@ def test_the_early_check_waits_for_sshd_to_be_allowed_to_start(agent: HostAgent)
         agent,
         'echo "vmctl-init: stage 1" >>$LOG; sleep 0.1; '
         'echo "vmctl-agent: listening on /run/vmctl/engine.sock" >>$LOG; sleep 0.5; '
-        'echo "vmctl-boot: [1.0] sshd may start" >>$LOG; sleep 0.1; '
+        'echo "vmctl-boot: [1.0] network up, ssh reachable" >>$LOG; sleep 0.1; '
         'echo "VMCTL-READY agent=0.1.0" >>$LOG; sleep 30',
     )
     opened: list[float] = []
@@ -305,3 +305,30 @@ def test_the_early_check_waits_for_sshd_to_be_allowed_to_start(agent: HostAgent)
     agent.wait_for_boot("tcg", on_ssh_ready=lambda: ssh_at.append(time.monotonic()), early=early)
     early.thread.join(5)
     assert ssh_at and opened and opened[0] >= ssh_at[0]
+
+
+def test_the_check_reads_an_answer_by_its_length_and_keeps_the_connection(
+    agent: HostAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the announcement the check is judged on the answer's length: an agent that
+    answers, then takes its time before closing (its first log record), is not waited for,
+    and the open connection is kept for the first client."""
+    ours, theirs = socket.socketpair()
+    closed = threading.Event()
+
+    def answer() -> None:
+        theirs.recv(4096)
+        theirs.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        closed.wait(30)  # the connection stays open until the test is over
+        theirs.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    monkeypatch.setattr(agent, "open_engine_channel", lambda: ours)
+    try:
+        started = time.monotonic()
+        agent.check_engine()
+        assert time.monotonic() - started < 5  # not the 30 s until the agent's end closes
+        assert agent.checked_channel is ours
+    finally:
+        closed.set()
+        ours.close()
