@@ -43,7 +43,7 @@ from images.records import PackageRecord
 from images.tree import Device, Dir, File, Tree
 
 # Bump whenever a change here changes the output for the same recipe and packages.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 Progress = Callable[[str], None]
 STEPS = 7
 _SUFFIX = {"gzip": ".gz", "xz": ".xz", "zstd": ".zst", "none": ""}

@@ -19,6 +19,12 @@ from images.tree import Symlink, Tree
 
 BUSYBOX = "usr/bin/busybox"  # /bin/busybox in the package; /bin is a symlink to usr/bin
 COMMAND_DIRS = ("usr/bin", "usr/sbin")
+# Applets linked somewhere else than busybox says. The kernel runs /sbin/modprobe for
+# its module requests, the first of them (crypto self-tests, IPv6's segment routing)
+# before /init runs, each for an algorithm no module provides: with no /sbin/modprobe
+# each fails at once, where starting busybox costs 20-200 ms of the boot under tcg. The
+# boot points kernel.modprobe at /usr/bin/modprobe as soon as /proc is mounted.
+RELOCATED = {"modprobe": "usr/bin"}
 
 
 def applet_paths(busybox: bytes, scratch: Path) -> list[str]:
@@ -56,6 +62,7 @@ def add_applet_links(tree: Tree, applets: list[str]) -> list[str]:
             continue  # no /linuxrc: the kernel runs /init, never linuxrc
         if any(tree.resolve(f"{d}/{name}", follow_last=False) for d in COMMAND_DIRS):
             continue
+        directory = RELOCATED.get(name, directory)
         path = tree.resolve(directory) or directory
         link = f"{path}/{name}"
         if link in tree:

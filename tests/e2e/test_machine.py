@@ -190,6 +190,20 @@ def test_per_cpu_page_lists_are_capped(vm: VM) -> None:
     assert highs and max(highs) <= 1024, highs
 
 
+def test_the_kernel_autoloads_modules_through_the_images_modprobe(vm: VM) -> None:
+    # no /sbin/modprobe (the requests made before /init fail at once); the boot sets the path
+    assert vm.ssh("cat /proc/sys/kernel/modprobe").strip() == "/usr/bin/modprobe"
+    assert vm.ssh("[ -e /sbin/modprobe ] && echo present || echo absent").strip() == "absent"
+    # tun unloaded, then its device opened: the kernel asks for char-major-10-200
+    script = (
+        "for i in $(seq 300); do [ -e /run/vmctl/modules-done ] && break; sleep 0.1; done; "
+        "rmmod tun && [ ! -d /sys/module/tun ] && mknod /tmp/tun c 10 200 && "
+        "{ exec 3<>/tmp/tun; } 2>/dev/null; rm -f /tmp/tun; "
+        "[ -d /sys/module/tun ] && echo autoloaded"
+    )
+    assert vm.ssh(script).strip() == "autoloaded"
+
+
 def test_env_points_docker_at_the_machine(vm: VM) -> None:
     out = vm.vmctl("machine", "env", "--shell", "bash").stdout
     assert f"export DOCKER_HOST=unix://{vm.socket}" in out

@@ -15,6 +15,7 @@ APPLETS = [
     "bin/ls",
     "usr/bin/awk",
     "sbin/ip",
+    "sbin/modprobe",
     "usr/sbin/nologin",
     "linuxrc",
     "bin/busybox",
@@ -99,4 +100,9 @@ def test_applet_links_never_shadow_package_commands() -> None:
     assert tree.get("usr/bin/sh") == Symlink("busybox")
     assert tree.get("usr/sbin/nologin") == Symlink("../bin/busybox")
     assert "linuxrc" not in tree
-    assert sorted(linked) == ["usr/bin/awk", "usr/bin/ls", "usr/bin/sh", "usr/sbin/nologin"]
+    # not where the kernel looks by default (/sbin/modprobe): the boot sets kernel.modprobe
+    assert tree.get("usr/bin/modprobe") == Symlink("busybox")
+    assert tree.resolve("sbin/modprobe", follow_last=False) is None
+    assert sorted(linked) == [
+        "usr/bin/awk", "usr/bin/ls", "usr/bin/modprobe", "usr/bin/sh", "usr/sbin/nologin"
+    ]  # fmt: skip
