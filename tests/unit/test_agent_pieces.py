@@ -141,7 +141,7 @@ def test_startup_avoids_heavy_modules(tmp_path: Path) -> None:
     heavy = ["asyncio", "http.server", "http.client", "email", "urllib.request", "ssl",
              "dataclasses", "typing", "inspect", "platform", "subprocess", "argparse",
              "shutil", "logging", "json", "re", "traceback", "warnings", "datetime",
-             "importlib", "shlex"]  # fmt: skip
+             "importlib", "shlex", "ipaddress"]  # fmt: skip
     code = FIRST_ANSWER.replace("ARGV", repr(SERVICE_ARGV)).replace("HEAVY", repr(heavy))
     result = subprocess.run(
         [sys.executable, "-S", "-c", code, str(tmp_path / "agent.log")],
@@ -331,3 +331,25 @@ def test_lazy_imports_take_turns_but_never_wait_for_a_loaded_module() -> None:
     finally:
         release.set()
         holder.join()
+
+
+@pytest.mark.parametrize("address", ["10.0.2.2", "192.168.1.254"])
+def test_host_gateway_takes_an_ipv4_address(address: str) -> None:
+    from agent.network import host_gateway
+
+    host_gateway.configure(address)
+    try:
+        assert host_gateway.configured() == address
+    finally:
+        host_gateway.configure("")
+
+
+@pytest.mark.parametrize(
+    "address", ["10.0.2", "10.0.2.256", "010.0.2.2", "::1", "host", "1.2.3.4 "]
+)
+def test_host_gateway_refuses_anything_else(address: str) -> None:
+    from agent.network import host_gateway
+
+    with pytest.raises(ValueError):
+        host_gateway.configure(address)
+    assert host_gateway.configured() == ""
