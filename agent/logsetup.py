@@ -32,6 +32,8 @@ _lock = threading.RLock()
 _stream: TextIO | None = None  # where records go, once configured
 _level = "INFO"
 _applied = False
+_applying = False  # apply() is writing the held records (a signal handler may log then)
+_flush_at_exit = False
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 # (logger name, level, message, time, thread name) held until :func:`apply`
 _held: list[tuple[str, int, str, float, str]] = []
@@ -42,9 +44,9 @@ def configure_logging(log_file: str | None, level: str = "INFO") -> None:
     """Send all agent records to ``log_file`` (appended; parent created) or to stderr.
 
     The file is opened now, so a path that cannot be written fails here (OSError);
-    logging itself is set up when first used, or by :func:`apply`.
+    logging itself is set up by :func:`apply`, or by a record that cannot be held.
     """
-    global _stream, _level, _applied
+    global _stream, _level, _applied, _flush_at_exit
     if log_file:
         parent = os.path.dirname(os.path.abspath(log_file))
         os.makedirs(parent, exist_ok=True)
@@ -53,7 +55,9 @@ def configure_logging(log_file: str | None, level: str = "INFO") -> None:
         stream = sys.stderr
     with _lock:
         _stream, _level, _applied = stream, level.upper(), False
-    atexit.register(flush)  # records still held when the process ends are written then
+        if not _flush_at_exit:  # records still held when the process ends are written then
+            atexit.register(flush)
+            _flush_at_exit = True
     if "logging" in sys.modules:
         apply()  # already in use (tests, a second configuration): take effect now
 
@@ -61,29 +65,35 @@ def configure_logging(log_file: str | None, level: str = "INFO") -> None:
 def apply() -> None:
     """Import logging, install the configured handler and write the held records (once;
     a no-op unconfigured)."""
-    global _applied
+    global _applied, _applying
     if _applied:
         return
     import logging
 
     with _lock:
-        if _applied or _stream is None:
+        if _applied or _applying or _stream is None:
             return
-        handler = logging.StreamHandler(_stream)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
-        root.setLevel(_level)
-        held = _held[:]
-        _held.clear()
-        _applied = True
-        for name, level, message, created, thread_name in held:
-            logger = logging.getLogger(name)
-            if logger.isEnabledFor(level):
-                record = logger.makeRecord(name, level, "", 0, message, (), None)
-                record.created, record.msecs = created, int(created % 1 * 1000)
-                record.threadName = thread_name
-                logger.handle(record)
+        _applying = True
+        try:
+            handler = logging.StreamHandler(_stream)
+            handler.setFormatter(logging.Formatter(FORMAT))
+            root = logging.getLogger()
+            root.handlers[:] = [handler]
+            root.setLevel(_level)
+            # Oldest first, and all of them before any new record: until _applied is set,
+            # other threads' records wait for this lock (in _hold), and one this thread
+            # logs meanwhile (a signal handler) is held and written here too.
+            while _held:
+                name, level, message, created, thread_name = _held.pop(0)
+                logger = logging.getLogger(name)
+                if logger.isEnabledFor(level):
+                    record = logger.makeRecord(name, level, "", 0, message, (), None)
+                    record.created, record.msecs = created, int(created % 1 * 1000)
+                    record.threadName = thread_name
+                    logger.handle(record)
+            _applied = True
+        finally:
+            _applying = False
 
 
 def flush() -> None:
@@ -122,10 +132,13 @@ def _hold(name: str, level: int, msg: object, args: tuple[object, ...], kwargs: 
     if not kwargs:  # exc_info, stack_info, extra: for logging itself
         if level < LEVELS.get(_level.lower(), 20):
             return
+        values: object = args
+        if len(args) == 1 and isinstance(args[0], dict) and args[0]:
+            values = args[0]  # "%(key)s" formats, as logging takes a single mapping
         try:
-            message = str(msg) % args if args else str(msg)
-        except (TypeError, ValueError):
-            message = f"{msg} {args}"  # as logging would, say what could not be formatted
+            message = str(msg) % values if args else str(msg)
+        except Exception:  # noqa: BLE001 (a bad format or __str__ must not fail the caller)
+            message = f"{msg!r} {args!r}"  # kept, not dropped, with what would not format
         held = (name, level, message, time.time(), threading.current_thread().name)
         with _lock:
             if not _applied and _stream is not None and len(_held) < MAX_HELD:

@@ -516,9 +516,9 @@ class HostAgent:
     def check_engine(self) -> None:
         """Ask the engine for /_ping; the connection, left open, becomes the first spare.
 
-        The answer is judged by its length, not by the end of its connection: at boot the
-        agent closes a connection only after logging the request, and its first log record
-        imports logging (~0.1 s under tcg).
+        The answer is judged by its length, not by the end of its connection, which the
+        agent closes only once its answer is logged; and the open connection saves the
+        first client a channel open.
         """
         channel = self.open_engine_channel()
         channel.settimeout(ENGINE_CHECK_TIMEOUT)  # an agent that accepts but never answers

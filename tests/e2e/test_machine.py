@@ -204,6 +204,16 @@ def test_the_kernel_autoloads_modules_through_the_images_modprobe(vm: VM) -> Non
     assert vm.ssh(script).strip() == "autoloaded"
 
 
+def test_sshd_listens_on_the_guest_address_and_nonlocal_bind_is_off_again(vm: VM) -> None:
+    # sshd may bind 10.0.2.15 before eth0 has it (boot.d/35-ssh); not for the VM's life
+    assert vm.ssh("cat /proc/sys/net/ipv4/ip_nonlocal_bind").strip() == "0"
+    listening = [line.split()[1] for line in vm.ssh("cat /proc/net/tcp").splitlines()[1:]
+                 if line.split()[3] == "0A"]  # fmt: skip
+    assert "0F02000A:0016" in listening, listening  # 10.0.2.15:22, nowhere else
+    assert not [address for address in listening if address.endswith(":0016")
+                and address != "0F02000A:0016"]  # fmt: skip
+
+
 def test_env_points_docker_at_the_machine(vm: VM) -> None:
     out = vm.vmctl("machine", "env", "--shell", "bash").stdout
     assert f"export DOCKER_HOST=unix://{vm.socket}" in out

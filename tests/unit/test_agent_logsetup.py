@@ -107,3 +107,40 @@ def test_held_records_are_written_when_the_process_ends(tmp_path: Path) -> None:
         "INFO agent.demo[conn-1]: answered /_ping in 3 ms",
         "WARNING agent.demo[MainThread]: 100% held",
     ]
+
+
+ORDER_SCRIPT = """
+import sys, threading, time
+import agent.logsetup as logsetup
+from agent.logsetup import apply, configure_logging, get_logger
+log = get_logger("agent.demo")
+configure_logging(sys.argv[1], "INFO")
+
+class SlowStream:  # writing the held records takes a while
+    def __init__(self, inner):
+        self.inner = inner
+    def write(self, text):
+        time.sleep(0.01)
+        return self.inner.write(text)
+    def flush(self):
+        self.inner.flush()
+
+logsetup._stream = SlowStream(logsetup._stream)
+for i in range(20):
+    log.info("held %d", i)
+setting_up = threading.Thread(target=apply)
+setting_up.start()
+time.sleep(0.05)  # apply() is writing the held records now
+log.info("logged meanwhile")
+setting_up.join()
+"""
+
+
+def test_a_record_logged_while_held_ones_are_written_comes_after_them(tmp_path: Path) -> None:
+    log_file = tmp_path / "agent.log"
+    subprocess.run(
+        [sys.executable, "-S", "-c", ORDER_SCRIPT, str(log_file)],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    messages = [line.split(": ", 1)[1] for line in log_file.read_text().splitlines()]
+    assert messages == [f"held {i}" for i in range(20)] + ["logged meanwhile"]

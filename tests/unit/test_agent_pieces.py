@@ -121,6 +121,8 @@ from agent.api.routes import build_router
 from agent.api.connection import handle_request
 from agent.logsetup import configure_logging
 agent.__main__.parse_args(ARGV)
+from agent.network import host_gateway
+host_gateway.configure("10.0.2.2")  # as main() does with --host-gateway
 configure_logging(sys.argv[1])  # the access log line is held, not written: no logging
 ours, theirs = socket.socketpair()
 ours.sendall(b"GET /v1.50/_ping HTTP/1.1\\r\\nHost: engine\\r\\n\\r\\n")
