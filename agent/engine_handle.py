@@ -9,7 +9,6 @@ import os
 import threading
 
 from agent.errors import AgentError
-from agent.logsetup import apply as apply_logging
 from agent.logsetup import get_logger
 
 TYPE_CHECKING = False  # typing costs a tenth of a second at the VM's boot
@@ -39,7 +38,8 @@ class _Opener:
 
         def work() -> None:
             try:
-                apply_logging()  # before the engine's modules, which use logging directly
+                # (logging is set up by lazy_import before the engine's modules, which use
+                # it directly, are imported)
                 if first is not None:
                     first()
                 from agent import lazy_import

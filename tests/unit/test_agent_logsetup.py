@@ -25,15 +25,20 @@ log.debug("debug record")
 """
 
 
-def run(log_file: Path, level: str) -> str:
+def run_script(script: str, *args: str) -> str:
+    """``script`` in a fresh interpreter (no logging imported yet); its stdout."""
     result = subprocess.run(
-        [sys.executable, "-S", "-c", SCRIPT, str(log_file), level],
+        [sys.executable, "-S", "-c", script, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         check=True,
     )
     return result.stdout.strip()
+
+
+def run(log_file: Path, level: str) -> str:
+    return run_script(SCRIPT, str(log_file), level)
 
 
 def test_records_reach_the_file_once_logging_is_used(tmp_path: Path) -> None:
@@ -82,10 +87,7 @@ if sys.argv[2] == "apply":
 
 
 def run_held(log_file: Path, how: str) -> list[str]:
-    subprocess.run(
-        [sys.executable, "-S", "-c", HELD_SCRIPT, str(log_file), how],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )  # fmt: skip
+    run_script(HELD_SCRIPT, str(log_file), how)
     return log_file.read_text().splitlines()
 
 
@@ -138,9 +140,6 @@ setting_up.join()
 
 def test_a_record_logged_while_held_ones_are_written_comes_after_them(tmp_path: Path) -> None:
     log_file = tmp_path / "agent.log"
-    subprocess.run(
-        [sys.executable, "-S", "-c", ORDER_SCRIPT, str(log_file)],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )  # fmt: skip
+    run_script(ORDER_SCRIPT, str(log_file))
     messages = [line.split(": ", 1)[1] for line in log_file.read_text().splitlines()]
     assert messages == [f"held {i}" for i in range(20)] + ["logged meanwhile"]
