@@ -62,34 +62,86 @@ class LayerInfo:
 
 
 class _Reader:
-    """Serves already-read bytes first, then the stream; hashes and counts what passes."""
+    """Serves already-read bytes first, then the stream (a compressed layer's magic bytes
+    are read before its decompressor is chosen)."""
 
-    def __init__(self, stream: BinaryIO, prefix: bytes = b"", digest: bool = False) -> None:
+    def __init__(self, stream: BinaryIO, prefix: bytes = b"") -> None:
         self._stream = stream
         self._prefix = prefix
-        self._hash = hashlib.sha256() if digest else None
-        self.count = 0
 
     def read(self, size: int = -1) -> bytes:
-        if self._prefix:
-            if size < 0:
-                data = self._prefix + self._stream.read()
-                self._prefix = b""
-            else:
-                data, self._prefix = self._prefix[:size], self._prefix[size:]
+        if not self._prefix:
+            return self._stream.read(size)
+        if size < 0:
+            data = self._prefix + self._stream.read()
+            self._prefix = b""
         else:
-            data = self._stream.read(size)
-        if self._hash is not None:
-            self._hash.update(data)
-        self.count += len(data)
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
         return data
 
+
+class _TarStream:
+    """The uncompressed layer tar, read forward only.
+
+    tarfile reads its headers through :meth:`read`, :meth:`tell` and forward
+    :meth:`seek`; a regular file's content is taken a piece at a time with
+    :meth:`read_some`, as views of what the decompressor produced. tarfile's own stream
+    mode copies every byte three or four times while holding the GIL, which the layers
+    extracted side by side (and their downloads) share. Each chunk is hashed (the DiffID)
+    and shown to the split recorder as it is produced, so both see the stream in order.
+    """
+
+    def __init__(self, source: BinaryIO, split: SplitRecorder | None) -> None:
+        self._source = source
+        self._split = split
+        self._hash = hashlib.sha256()
+        self._chunk = memoryview(b"")  # produced, not yet consumed
+        self._offset = 0  # of the next byte a reader gets
+
+    def _fill(self) -> bool:
+        data = self._source.read(_CHUNK)
+        if not data:
+            return False
+        self._hash.update(data)
+        if self._split is not None:
+            self._split.feed(data)
+        self._chunk = memoryview(data)
+        return True
+
+    def read_some(self, size: int) -> memoryview:
+        """Up to ``size`` bytes (fewer at a chunk's end); empty only at the stream's end."""
+        if not self._chunk and not self._fill():
+            return self._chunk
+        part = self._chunk[:size]
+        self._chunk = self._chunk[len(part) :]
+        self._offset += len(part)
+        return part
+
+    def read(self, size: int = -1) -> bytes:
+        """Exactly ``size`` bytes unless the stream ends first (all the rest if negative)."""
+        parts: list[memoryview] = []
+        left = size if size >= 0 else 1 << 62
+        while left > 0 and (part := self.read_some(min(left, _CHUNK))):
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self._offset
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or offset < self._offset:
+            raise tarfile.StreamError("a layer is read forward only")
+        while self._offset < offset and self.read_some(offset - self._offset):
+            pass
+        return self._offset
+
     def drain(self) -> None:
-        while self.read(_CHUNK):
+        """Read to the end: the end-of-archive padding belongs to the DiffID too."""
+        while self.read_some(_CHUNK):
             pass
 
     def hexdigest(self) -> str:
-        assert self._hash is not None
         return self._hash.hexdigest()
 
 
@@ -352,10 +404,13 @@ class _Extractor:
         try:
             if self.recorder is not None and not member.issparse():
                 self.recorder.begin_file(self._path(base), member)
-            source = tar.extractfile(member)
-            if source is not None:
-                while chunk := source.read(_CHUNK):
-                    _write_all(fd, chunk)
+            if isinstance(tar.fileobj, _TarStream) and not member.issparse():
+                _copy_content(tar.fileobj, member, fd)
+            else:
+                source = tar.extractfile(member)
+                if source is not None:
+                    while chunk := source.read(_CHUNK):
+                        _write_all(fd, chunk)
             self.size += member.size
             self.set_xattrs(fd, member, None)
             self.set_owner_mode_times(fd, member)
@@ -449,10 +504,22 @@ class _Extractor:
                 os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _copy_content(stream: _TarStream, member: tarfile.TarInfo, fd: int) -> None:
+    """A regular member's content from the tar stream into ``fd``."""
+    stream.seek(member.offset_data)
+    left = member.size
+    while left > 0:
+        part = stream.read_some(min(left, _CHUNK))
+        if not part:
+            raise tarfile.ReadError(f"the layer ends inside {member.name!r}")
+        _write_all(fd, part)
+        left -= len(part)
 
 
 def extract_layer(stream: BinaryIO, dest: Path, split: SplitRecorder | None = None) -> LayerInfo:
@@ -498,12 +565,11 @@ def _stream_errors() -> tuple[type[Exception], ...]:
 
 
 def _extract(stream: BinaryIO, root_fd: int, split: SplitRecorder | None) -> LayerInfo:
-    source = _decompressed(stream)
-    plain = _Reader(split.wrap(source) if split is not None else source, digest=True)
+    plain = _TarStream(_decompressed(stream), split)
     extractor = _Extractor(root_fd, split)
     member: tarfile.TarInfo | None = None
     try:
-        with tarfile.open(fileobj=plain, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r:") as tar:
             while (member := tar.next()) is not None:
                 if split is not None:
                     split.at_member(member)
@@ -513,8 +579,8 @@ def _extract(stream: BinaryIO, root_fd: int, split: SplitRecorder | None) -> Lay
                     raise LayerError(
                         f"cannot extract layer entry {member.name!r}: {exc.strerror or exc}"
                     ) from None
-                tar.members.clear()  # stream mode keeps every header otherwise
-            plain.drain()  # the end-of-archive padding belongs to the DiffID too
+                tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header
+            plain.drain()
         extractor.finish_dirs()
     except _stream_errors() as exc:
         where = f" after entry {member.name!r}" if member is not None else ""

@@ -65,7 +65,6 @@ class SplitRecorder:
     def __init__(self, layer_dir: Path) -> None:
         self.layer_dir = layer_dir
         self._out = gzip.open(layer_dir / RECORD, "wb", compresslevel=6)  # noqa: SIM115
-        self._stream: BinaryIO | None = None
         self._pos = 0  # bytes of the uncompressed stream read so far
         self._pending = bytearray()  # raw bytes from _pending_start to _pos, not yet framed
         self._pending_start = 0
@@ -78,18 +77,12 @@ class SplitRecorder:
 
     # --- the stream -------------------------------------------------------------------
 
-    def wrap(self, stream: BinaryIO) -> BinaryIO:
-        self._stream = stream
-        return self  # type: ignore[return-value]
-
-    def read(self, size: int = -1) -> bytes:
-        assert self._stream is not None
-        data = self._stream.read(size)
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the uncompressed stream, in order."""
         start = self._pos
         self._pos += len(data)
         if self._pos > self._skip_until:
             self._pending += data[max(0, self._skip_until - start) :]
-        return data
 
     # --- what the extractor says --------------------------------------------------------
 
