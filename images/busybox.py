@@ -23,7 +23,7 @@ COMMAND_DIRS = ("usr/bin", "usr/sbin")
 # its module requests, the first of them (crypto self-tests, IPv6's segment routing)
 # before /init runs, each for an algorithm no module provides: with no /sbin/modprobe
 # each fails at once, where starting busybox costs 20-200 ms of the boot under tcg. The
-# boot points kernel.modprobe at /usr/bin/modprobe as soon as /proc is mounted.
+# boot points kernel.modprobe at /usr/lib/vmctl/modprobe (which runs it) once /proc is up.
 RELOCATED = {"modprobe": "usr/bin"}
 
 

@@ -192,7 +192,7 @@ def test_per_cpu_page_lists_are_capped(vm: VM) -> None:
 
 def test_the_kernel_autoloads_modules_through_the_images_modprobe(vm: VM) -> None:
     # no /sbin/modprobe (the requests made before /init fail at once); the boot sets the path
-    assert vm.ssh("cat /proc/sys/kernel/modprobe").strip() == "/usr/bin/modprobe"
+    assert vm.ssh("cat /proc/sys/kernel/modprobe").strip() == "/usr/lib/vmctl/modprobe"
     assert vm.ssh("[ -e /sbin/modprobe ] && echo present || echo absent").strip() == "absent"
     # tun unloaded, then its device opened: the kernel asks for char-major-10-200
     script = (
@@ -202,6 +202,25 @@ def test_the_kernel_autoloads_modules_through_the_images_modprobe(vm: VM) -> Non
         "[ -d /sys/module/tun ] && echo autoloaded"
     )
     assert vm.ssh(script).strip() == "autoloaded"
+
+
+def test_module_requests_wait_while_the_boot_loads_its_set(vm: VM) -> None:
+    # busybox's modprobe takes a module still loading for loaded and ends at once, so while
+    # the boot loads its later set (modules-loading), a request waits for the set to end:
+    # the open of tun's device stays blocked until the marker goes, then succeeds.
+    script = """
+for i in $(seq 300); do [ -e /run/vmctl/modules-done ] && break; sleep 0.1; done
+rmmod tun && mknod /tmp/tun c 10 200 && touch /run/vmctl/modules-loading || exit 1
+( exec 3<>/tmp/tun && echo opened >/tmp/tun-result ) 2>/dev/null &
+sleep 1
+echo "after 1 s: $(cat /tmp/tun-result 2>/dev/null || echo waiting)"
+rm /run/vmctl/modules-loading
+for i in $(seq 50); do [ -e /tmp/tun-result ] && break; sleep 0.1; done
+echo "then: $(cat /tmp/tun-result 2>/dev/null || echo nothing)"
+rm -f /tmp/tun /tmp/tun-result
+"""
+    lines = vm.ssh(script).strip().splitlines()
+    assert lines[-2:] == ["after 1 s: waiting", "then: opened"], lines
 
 
 def test_sshd_listens_on_the_guest_address_and_nonlocal_bind_is_off_again(vm: VM) -> None:
