@@ -658,6 +658,11 @@ class ContainerManager:
         if state.status not in (RUNNING, PAUSED):
             if state.status == REMOVING:
                 self._remove_files(container)
+            elif state.status == EXITED and self._should_restart(container):
+                # As dockerd's start does: a restart was pending when the engine stopped,
+                # or the container died while it shut down (the VM's poweroff).
+                state.status = RESTARTING
+                self._schedule_restart(container)
             return
         alive = state.shim_pid and _start_time(state.shim_pid) == state.shim_start
         if alive:

@@ -412,3 +412,52 @@ def test_shims_do_not_hold_the_daemons_stdout_and_stderr(harness: Harness) -> No
     }
     daemon_files = {str(harness.workdir / "daemon-0.out"), str(harness.workdir / "daemon-0.err")}
     assert not set(held.values()) & daemon_files, f"the shim holds the daemon's stdio: {held}"
+
+
+def test_load_restarts_what_its_policy_says_unless_a_user_stopped_it(harness: Harness) -> None:
+    """dockerd's start restarts a stopped container whose policy says so: one whose restart
+    was pending when the engine went down, one that died while it shut down; not one a
+    user stopped."""
+    daemon = harness.daemon([harness.body(FOREVER, restart="always") for _ in range(3)])
+    pending, died, stopped = daemon.containers
+    root = harness.engine.root
+
+    def directory(launched: Launched) -> str:
+        return os.path.join(root, "containers", launched.id)
+
+    wait_for(
+        lambda: all(_stdout(Container.load(directory(c))) == "up\n" for c in daemon.containers),
+        10,
+        "the containers to start",
+    )
+    daemon.kill()
+    for launched in daemon.containers:
+        launched.shim.kill()
+        launched.init.kill()
+    wait_for(
+        lambda: not any(p.exists() for c in daemon.containers for p in (c.shim, c.init)),
+        10,
+        "the shims and inits to die",
+    )
+    for launched, status, by_user in (
+        (pending, "restarting", False),
+        (died, "exited", False),
+        (stopped, "exited", True),
+    ):
+        record = Container.load(directory(launched))
+        record.state.status, record.state.stopped_by_user = status, by_user
+        record.state.pid = record.state.shim_pid = 0
+        record.save()
+
+    manager = harness.manager()
+    restarted = [manager.get(launched.id) for launched in (pending, died)]
+    wait_for(
+        lambda: all(c.state.status == "running" and c.state.restart_count == 1 for c in restarted),
+        10,
+        "both to be restarted",
+    )
+    time.sleep(0.5)
+    user_stopped = manager.get(stopped.id)
+    assert user_stopped.state.status == "exited" and user_stopped.state.restart_count == 0
+    for launched in (pending, died):
+        assert manager.stop(launched.id, timeout=1)
