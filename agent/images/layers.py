@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import stat
+import struct
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 # A layer must not smuggle in overlay's own control xattrs (redirects, metacopy, opaque).
 _FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _CHUNK = 1 << 20
+_READ_LIMIT = 16 << 20  # what a tar header may ask for at once (Go's archive/tar: 1 MiB)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _MAGIC_GZIP = b"\x1f\x8b"
@@ -104,12 +106,15 @@ class _TarStream:
             return False
         self._hash.update(data)
         if self._split is not None:
+            # What was read so far is recorded or skipped already: the record keeps no
+            # more than a chunk in memory (a layer may end in any amount of padding).
+            self._split.raw_until(self._offset)
             self._split.feed(data)
         self._chunk = memoryview(data)
         return True
 
     def read_some(self, size: int) -> memoryview:
-        """Up to ``size`` bytes (fewer at a chunk's end); empty only at the stream's end."""
+        """Up to ``size`` (> 0) bytes, fewer at a chunk's end; empty only at the end."""
         if not self._chunk and not self._fill():
             return self._chunk
         part = self._chunk[:size]
@@ -117,10 +122,13 @@ class _TarStream:
         self._offset += len(part)
         return part
 
-    def read(self, size: int = -1) -> bytes:
-        """Exactly ``size`` bytes unless the stream ends first (all the rest if negative)."""
+    def read(self, size: int) -> bytes:
+        """Exactly ``size`` bytes unless the stream ends first (tarfile's header reads, and
+        a sparse member's data)."""
+        if not 0 <= size <= _READ_LIMIT:
+            raise tarfile.ReadError(f"a header claims {size} bytes")
         parts: list[memoryview] = []
-        left = size if size >= 0 else 1 << 62
+        left = size
         while left > 0 and (part := self.read_some(min(left, _CHUNK))):
             parts.append(part)
             left -= len(part)
@@ -131,7 +139,7 @@ class _TarStream:
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if whence != os.SEEK_SET or offset < self._offset:
-            raise tarfile.StreamError("a layer is read forward only")
+            raise tarfile.StreamError("an entry's size points back into the archive")
         while self._offset < offset and self.read_some(offset - self._offset):
             pass
         return self._offset
@@ -215,8 +223,9 @@ def _is_root() -> bool:
 class _Extractor:
     """Extracts members into the directory open at ``root_fd``, never leaving it."""
 
-    def __init__(self, root_fd: int, split: SplitRecorder | None = None) -> None:
+    def __init__(self, root_fd: int, stream: _TarStream, split: SplitRecorder | None) -> None:
         self.root_fd = root_fd
+        self.stream = stream
         self.root = _is_root()
         self.size = 0
         self.recorder = split
@@ -344,6 +353,8 @@ class _Extractor:
 
     def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         entry = member.name
+        if member.size < 0:  # tarfile would go back to an earlier header, or end there
+            raise LayerError(f"layer entry {entry!r} has a negative size ({member.size})")
         parts = self.split(entry, member.name)
         if not parts:
             return  # the layer root itself: dest keeps its own metadata
@@ -402,15 +413,15 @@ class _Extractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, 0o600, dir_fd=parent)
         try:
-            if self.recorder is not None and not member.issparse():
-                self.recorder.begin_file(self._path(base), member)
-            if isinstance(tar.fileobj, _TarStream) and not member.issparse():
-                _copy_content(tar.fileobj, member, fd)
-            else:
+            if member.issparse():  # tarfile reads the map of its data and holes
                 source = tar.extractfile(member)
                 if source is not None:
                     while chunk := source.read(_CHUNK):
                         _write_all(fd, chunk)
+            else:
+                if self.recorder is not None:
+                    self.recorder.begin_file(self._path(base), member)
+                _copy_content(self.stream, member, fd)
             self.size += member.size
             self.set_xattrs(fd, member, None)
             self.set_owner_mode_times(fd, member)
@@ -512,12 +523,12 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 def _copy_content(stream: _TarStream, member: tarfile.TarInfo, fd: int) -> None:
     """A regular member's content from the tar stream into ``fd``."""
-    stream.seek(member.offset_data)
+    stream.seek(member.offset_data)  # there already: tarfile read the headers, no more
     left = member.size
     while left > 0:
         part = stream.read_some(min(left, _CHUNK))
         if not part:
-            raise tarfile.ReadError(f"the layer ends inside {member.name!r}")
+            raise tarfile.ReadError("its content is cut short")
         _write_all(fd, part)
         left -= len(part)
 
@@ -554,7 +565,11 @@ def extract_layer(stream: BinaryIO, dest: Path, split: SplitRecorder | None = No
 
 def _stream_errors() -> tuple[type[Exception], ...]:
     """What a truncated or corrupt tar or compressed stream raises."""
-    errors: list[type[Exception]] = [tarfile.TarError, EOFError, zlib.error]
+    # ValueError and IndexError: tarfile's parsing of a damaged sparse map (and a name
+    # with a NUL byte); struct.error: a size too large to record.
+    errors: list[type[Exception]] = [
+        tarfile.TarError, EOFError, zlib.error, ValueError, IndexError, struct.error
+    ]  # fmt: skip
     try:
         import lzma
 
@@ -566,7 +581,7 @@ def _stream_errors() -> tuple[type[Exception], ...]:
 
 def _extract(stream: BinaryIO, root_fd: int, split: SplitRecorder | None) -> LayerInfo:
     plain = _TarStream(_decompressed(stream), split)
-    extractor = _Extractor(root_fd, split)
+    extractor = _Extractor(root_fd, plain, split)
     member: tarfile.TarInfo | None = None
     try:
         with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r:") as tar:

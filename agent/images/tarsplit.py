@@ -39,7 +39,6 @@ _RAW, _FILE, _END = b"R", b"F", b"E"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _CHUNK = 1 << 20
-_FLUSH = 1 << 16  # raw bytes gathered before they go to the record as one frame
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -55,7 +54,7 @@ def _encode(path: str) -> bytes:
 
 
 class SplitRecorder:
-    """Passes the uncompressed layer stream through, recording all but file contents.
+    """Is fed the uncompressed layer stream, and records all but file contents.
 
     The extractor tells it where each member's data starts (:meth:`at_member`) and which
     members are regular files written to disk (:meth:`begin_file`); their content is left
@@ -82,7 +81,12 @@ class SplitRecorder:
         start = self._pos
         self._pos += len(data)
         if self._pos > self._skip_until:
-            self._pending += data[max(0, self._skip_until - start) :]
+            self._pending += memoryview(data)[max(0, self._skip_until - start) :]
+
+    def raw_until(self, offset: int) -> None:
+        """The stream's reader has got this far: what it read is raw (headers, padding,
+        data kept as it is), except file contents already announced by begin_file."""
+        self._frame_raw(offset)
 
     # --- what the extractor says --------------------------------------------------------
 

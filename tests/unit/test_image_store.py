@@ -9,6 +9,7 @@ import json
 import subprocess
 import tarfile
 import threading
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,7 @@ from agent.images.store import (
     InvalidImage,
     chain_ids,
 )
+from agent.images.tarsplit import SplitRecorder, assemble
 from images.busybox import build_container_image
 
 MTIME = 1_700_000_000
@@ -136,7 +138,7 @@ def test_extract_gzip_members_padding_and_damage(tmp_path: Path) -> None:
 def test_extract_a_tar_cut_inside_a_file(tmp_path: Path) -> None:
     whole = layer({"a": b"x" * 3000, "b": b"y" * 5000})
     cut = whole[: 512 * 8]  # inside b's content
-    with pytest.raises(LayerError, match="not a valid tar archive after entry 'b'.*ends inside"):
+    with pytest.raises(LayerError, match="after entry .b.: its content is cut short"):
         extract_layer(io.BytesIO(cut), tmp_path / "cut")
     assert not (tmp_path / "cut").exists()
 
@@ -168,6 +170,50 @@ def test_extract_long_names_and_sparse_files(tmp_path: Path) -> None:
         assert len(holes) == (3 << 20) + 3
         assert holes.startswith(b"start\0") and holes.endswith(b"\0end")
         assert (dest / "after").read_bytes() == b"z" * 70_000
+
+
+def test_extract_refuses_damaged_headers_with_a_layer_error(tmp_path: Path) -> None:
+    # a PAX header claiming 32 MiB of header data: refused before anything is read
+    pax = bytearray(layer({"n" * 120: b"x"}))
+    pax[124:136] = b"%011o\0" % (32 << 20)
+    pax[148:156] = b"        "
+    pax[148:156] = b"%06o\0 " % sum(pax[:512])
+    with pytest.raises(LayerError, match="a header claims 33554432 bytes"):
+        extract_layer(io.BytesIO(bytes(pax)), tmp_path / "big")
+    # a negative size (base-256): tarfile would take the archive to end there
+    negative = bytearray(layer({"first": b"1", "hidden": b"2"}))
+    negative[1024 + 124 : 1024 + 136] = b"\xff" + (256**11 - 600).to_bytes(11, "big")
+    negative[1024 + 148 : 1024 + 156] = b"        "
+    negative[1024 + 148 : 1024 + 156] = b"%06o\0 " % sum(negative[1024:1536])
+    with pytest.raises(LayerError, match="'hidden' has a negative size"):
+        extract_layer(io.BytesIO(bytes(negative)), tmp_path / "negative")
+    # a sparse map that is not numbers (tarfile raises ValueError)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("sparse")
+        info.pax_headers = {"GNU.sparse.map": "a,b", "GNU.sparse.size": "10"}
+        tar.addfile(info)
+    with pytest.raises(LayerError, match="not a valid tar archive"):
+        extract_layer(io.BytesIO(buffer.getvalue()), tmp_path / "map")
+    assert not (tmp_path / "big").exists() and not (tmp_path / "map").exists()
+
+
+def test_extract_records_padding_without_holding_it(tmp_path: Path) -> None:
+    """Padding after the end of the archive belongs to the tar (its DiffID, its replay),
+    but the recorder writes it out as it goes instead of gathering all of it."""
+    data = layer({"f": b"content"}) + bytes(48 << 20)
+    (tmp_path / "l").mkdir()
+    recorder = SplitRecorder(tmp_path / "l")
+    tracemalloc.start()
+    try:
+        info = extract_layer(io.BytesIO(gzip.compress(data, 1)), tmp_path / "l" / "diff", recorder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert recorder.finish() == len(data)
+    assert info.diff_id == sha(data)
+    assert peak < 16 << 20, f"peak {peak >> 20} MiB"
+    assert hashlib.sha256(b"".join(assemble(tmp_path / "l"))).hexdigest() == sha(data)[7:]
 
 
 def test_extract_refuses_traversal_and_cleans_up(tmp_path: Path) -> None:
