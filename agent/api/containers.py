@@ -312,7 +312,7 @@ def inspect_container(request: Request, response: ResponseWriter) -> None:
 def start(request: Request, response: ResponseWriter) -> None:
     manager = _engine().containers
     container = manager.get(_id(request))
-    if container.state.running:
+    if container.state.started:
         response.send(304)
         return
     manager.start(container.id)

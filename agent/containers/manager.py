@@ -338,7 +338,7 @@ class ContainerManager:
         with self._lock:
             if container.state.status == PAUSED:
                 raise Conflict("cannot start a paused container, try unpause instead")
-            if container.state.running:
+            if container.state.started:
                 return container  # Docker answers 304 Not Modified; the API layer maps it
             if container.state.status == REMOVING:
                 raise Conflict(f"container {container.id[:12]} is marked for removal")
@@ -356,18 +356,17 @@ class ContainerManager:
                 self._starting.discard(container.id)
 
     def _launch(self, container: Container) -> None:
-        image = self.images.get(container.image_id)
         host_config = container.host_config
-        layers = [str(p) for p in image.layer_dirs]
-        # Without a cgroup there is no device filter: then no device node in the root works.
-        rootfs.mount_overlay(
-            layers, container.upper, container.work, container.merged, self.hierarchy is None
-        )
         cgroup = None
         endpoint: dict[str, Any] = {}
         started_at: list[str] = []
         started = None
         try:
+            layers = [str(p) for p in self.images.get(container.image_id).layer_dirs]
+            # Without a cgroup there is no device filter: then no device node in the root works.
+            rootfs.mount_overlay(
+                layers, container.upper, container.work, container.merged, self.hierarchy is None
+            )
             spec, volume_names = self.prepare.spec(container)
             resources = cgroups.Resources.from_host_config(host_config)
             if self.hierarchy is not None:
@@ -621,6 +620,12 @@ class ContainerManager:
             return not retries or state.restart_count < retries
         return False
 
+    def _restarts_at_start(self, container: Container) -> bool:
+        name, _ = options.restart_policy(container.host_config.get("RestartPolicy"), False)
+        if name == "always" and container.id in self._containers:
+            return True
+        return self._should_restart(container)
+
     def _schedule_restart(self, container: Container) -> None:
         started = container.state.started_at
         ran_for = _seconds_between(started, container.state.finished_at)
@@ -645,8 +650,15 @@ class ContainerManager:
             try:
                 self._start(container)
                 self.on_event("restart", container, {})
-            except AgentError as error:
+            except AgentError as error:  # the start recorded why, as an exited container
                 log.warning("%s: restart failed: %s", container.id[:12], error.message)
+            except Exception:  # a bug: still leave it exited, not "restarting" for good
+                log.exception("%s: restart failed", container.id[:12])
+                with self._lock:
+                    if container.state.status == RESTARTING:
+                        container.state.status = EXITED
+                        container.save()
+                        self._changed.notify_all()
 
         threading.Thread(target=restart, name=f"restart-{container.id[:12]}", daemon=True).start()
 
@@ -658,10 +670,12 @@ class ContainerManager:
         if state.status not in (RUNNING, PAUSED):
             if state.status == REMOVING:
                 self._remove_files(container)
-            elif state.status == EXITED and self._should_restart(container):
+            elif state.status == EXITED and self._restarts_at_start(container):
                 # As dockerd's start does: a restart was pending when the engine stopped,
-                # or the container died while it shut down (the VM's poweroff).
+                # or the container died while it shut down (the VM's poweroff), or it is
+                # `always` (which, unlike unless-stopped, comes back after a user's stop).
                 state.status = RESTARTING
+                state.stopped_by_user = False
                 self._schedule_restart(container)
             return
         alive = state.shim_pid and _start_time(state.shim_pid) == state.shim_start

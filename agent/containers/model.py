@@ -45,6 +45,12 @@ class State:
     def running(self) -> bool:
         return self.status in (RUNNING, PAUSED)
 
+    @property
+    def started(self) -> bool:
+        """Running, or about to run again under its restart policy: `docker start` has
+        nothing to do (dockerd counts a restarting container as running)."""
+        return self.running or self.status == RESTARTING
+
 
 @dataclass
 class Container:

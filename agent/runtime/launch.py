@@ -72,11 +72,12 @@ def start(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        listener.bind(paths.attach_socket)
-    finally:
-        os.umask(old_umask)
+    # The umask stays as it is: it is the whole process's, containers start from several
+    # threads at once, and two save-and-restore pairs interleaving left it at 0177 (layers
+    # extracted later then had directories no container user could enter). The socket's
+    # directory, the run root, is 0700; the file itself is narrowed at once.
+    listener.bind(paths.attach_socket)
+    os.chmod(paths.attach_socket, 0o600)
     listener.listen(16)
     daemon_end, child_end = socket.socketpair()
     status_read, status_write = os.pipe2(os.O_CLOEXEC)

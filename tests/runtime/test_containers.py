@@ -279,6 +279,62 @@ def test_restart_policies(engine: Engine) -> None:
     assert always.state.status == "exited"  # docker stop holds an "always" container down
 
 
+def test_start_while_a_restart_is_pending_and_a_restart_that_fails(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = engine.manager
+    looping = engine.create(["sh", "-c", "exit 1"], RestartPolicy={"Name": "always"})
+    manager.start(looping.id)
+    deadline = time.monotonic() + 30
+    # from the fourth restart on, the next one waits 0.8 s or more
+    while looping.state.restart_count < 4 or looping.state.status != "restarting":
+        assert time.monotonic() < deadline, looping.state
+        time.sleep(0.01)
+    launches: list[str] = []
+    launch = manager._launch
+
+    def counted(container: object) -> None:
+        launches.append("launch")
+        launch(container)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager, "_launch", counted)
+    # as dockerd: a restarting container counts as running (304), no second launch
+    assert manager.start(looping.id) is looping and launches == []
+
+    # a restart whose root filesystem cannot be mounted leaves the container exited
+    def no_overlay(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr("agent.containers.rootfs.linux.mount", no_overlay)
+    count = looping.state.restart_count
+    while looping.state.restart_count == count or looping.state.status == "restarting":
+        assert time.monotonic() < deadline + 30, looping.state
+        time.sleep(0.05)
+    assert looping.state.status == "exited", looping.state
+    assert "No such device" in looping.state.error
+    manager.stop(looping.id, timeout=1)
+
+
+def test_starting_containers_leaves_the_umask_alone(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Containers start from several threads at once and the umask is the whole process's:
+    a save-and-restore pair racing another once left it at 0177."""
+    calls: list[tuple[int, int]] = []
+    real = os.umask
+
+    def spy(mask: int) -> int:
+        calls.append((os.getpid(), mask))  # the forked init sets its own: not counted
+        return real(mask)
+
+    monkeypatch.setattr(os, "umask", spy)
+    container = engine.create(["true"])
+    engine.manager.start(container.id)
+    assert engine.manager.wait(container.id, timeout=10) == 0
+    assert [mask for pid, mask in calls if pid == os.getpid()] == []
+    assert os.stat(engine.manager.attach_socket(container)).st_mode & 0o777 == 0o600
+
+
 def test_wait_conditions_and_remove(engine: Engine) -> None:
     container = engine.create(["sleep", "0.3"])
     engine.manager.start(container.id)

@@ -414,12 +414,13 @@ def test_shims_do_not_hold_the_daemons_stdout_and_stderr(harness: Harness) -> No
     assert not set(held.values()) & daemon_files, f"the shim holds the daemon's stdio: {held}"
 
 
-def test_load_restarts_what_its_policy_says_unless_a_user_stopped_it(harness: Harness) -> None:
+def test_load_restarts_stopped_containers_as_dockerd_does(harness: Harness) -> None:
     """dockerd's start restarts a stopped container whose policy says so: one whose restart
-    was pending when the engine went down, one that died while it shut down; not one a
-    user stopped."""
-    daemon = harness.daemon([harness.body(FOREVER, restart="always") for _ in range(3)])
-    pending, died, stopped = daemon.containers
+    was pending when the engine went down, one that died while it shut down, and an
+    `always` one even after a user's stop; not an unless-stopped one a user stopped."""
+    bodies = [harness.body(FOREVER, restart="always") for _ in range(3)]
+    daemon = harness.daemon([*bodies, harness.body(FOREVER, restart="unless-stopped")])
+    pending, died, stopped_always, stopped_unless = daemon.containers
     root = harness.engine.root
 
     def directory(launched: Launched) -> str:
@@ -442,7 +443,8 @@ def test_load_restarts_what_its_policy_says_unless_a_user_stopped_it(harness: Ha
     for launched, status, by_user in (
         (pending, "restarting", False),
         (died, "exited", False),
-        (stopped, "exited", True),
+        (stopped_always, "exited", True),
+        (stopped_unless, "exited", True),
     ):
         record = Container.load(directory(launched))
         record.state.status, record.state.stopped_by_user = status, by_user
@@ -450,14 +452,15 @@ def test_load_restarts_what_its_policy_says_unless_a_user_stopped_it(harness: Ha
         record.save()
 
     manager = harness.manager()
-    restarted = [manager.get(launched.id) for launched in (pending, died)]
+    restarted = [manager.get(launched.id) for launched in (pending, died, stopped_always)]
     wait_for(
         lambda: all(c.state.status == "running" and c.state.restart_count == 1 for c in restarted),
         10,
-        "both to be restarted",
+        "the three to be restarted",
     )
+    assert not any(c.state.stopped_by_user for c in restarted)
     time.sleep(0.5)
-    user_stopped = manager.get(stopped.id)
+    user_stopped = manager.get(stopped_unless.id)
     assert user_stopped.state.status == "exited" and user_stopped.state.restart_count == 0
-    for launched in (pending, died):
-        assert manager.stop(launched.id, timeout=1)
+    for container in restarted:
+        assert manager.stop(container.id, timeout=1)
