@@ -210,8 +210,10 @@ def test_module_requests_wait_while_the_boot_loads_its_set(vm: VM) -> None:
     # the open of tun's device stays blocked until the marker goes, then succeeds.
     script = """
 for i in $(seq 300); do [ -e /run/vmctl/modules-done ] && break; sleep 0.1; done
+rm -f /tmp/tun /tmp/tun-result /tmp/tun-partial
 rmmod tun && mknod /tmp/tun c 10 200 && touch /run/vmctl/modules-loading || exit 1
-( exec 3<>/tmp/tun && echo opened >/tmp/tun-result ) 2>/dev/null &
+( exec 3<>/tmp/tun && echo opened >/tmp/tun-partial && mv /tmp/tun-partial /tmp/tun-result ) \
+    2>/dev/null &
 sleep 1
 echo "after 1 s: $(cat /tmp/tun-result 2>/dev/null || echo waiting)"
 rm /run/vmctl/modules-loading
