@@ -286,6 +286,33 @@ def _log_size(container: Container) -> int:
         return 0
 
 
+def _record_dir(harness: Harness, launched: Launched) -> str:
+    return os.path.join(harness.engine.root, "containers", launched.id)
+
+
+def _wait_all_up(harness: Harness, daemon: Daemon) -> None:
+    wait_for(
+        lambda: all(
+            _stdout(Container.load(_record_dir(harness, c))) == "up\n" for c in daemon.containers
+        ),
+        10,
+        "the containers to start",
+    )
+
+
+def _power_cut(daemon: Daemon) -> None:
+    """The VM goes down: the daemon, then every shim and init, all with SIGKILL."""
+    daemon.kill()
+    for launched in daemon.containers:
+        launched.shim.kill()
+        launched.init.kill()
+    wait_for(
+        lambda: not any(p.exists() for c in daemon.containers for p in (c.shim, c.init)),
+        10,
+        "the shims and inits to die",
+    )
+
+
 def _cgroup_exists(engine: Engine, container_id: str) -> bool:
     return engine.hierarchy is not None and (engine.hierarchy.path / container_id).exists()
 
@@ -333,25 +360,8 @@ def test_after_a_reboot_load_restarts_always_and_marks_no_exited(harness: Harnes
         [harness.body(FOREVER, restart="always"), harness.body(FOREVER, restart="no")]
     )
     always, no = daemon.containers
-    root = harness.engine.root
-    wait_for(
-        lambda: all(
-            _stdout(Container.load(os.path.join(root, "containers", c.id))) == "up\n"
-            for c in (always, no)
-        ),
-        10,
-        "both containers to start",
-    )
-    # The VM goes down: the daemon, then every shim and init, all with SIGKILL.
-    daemon.kill()
-    for launched in (always, no):
-        launched.shim.kill()
-        launched.init.kill()
-    wait_for(
-        lambda: not any(p.exists() for c in (always, no) for p in (c.shim, c.init)),
-        10,
-        "the shims and inits to die",
-    )
+    _wait_all_up(harness, daemon)
+    _power_cut(daemon)
 
     manager = harness.manager()
     stopped = manager.get(no.id)
@@ -421,32 +431,15 @@ def test_load_restarts_stopped_containers_as_dockerd_does(harness: Harness) -> N
     bodies = [harness.body(FOREVER, restart="always") for _ in range(3)]
     daemon = harness.daemon([*bodies, harness.body(FOREVER, restart="unless-stopped")])
     pending, died, stopped_always, stopped_unless = daemon.containers
-    root = harness.engine.root
-
-    def directory(launched: Launched) -> str:
-        return os.path.join(root, "containers", launched.id)
-
-    wait_for(
-        lambda: all(_stdout(Container.load(directory(c))) == "up\n" for c in daemon.containers),
-        10,
-        "the containers to start",
-    )
-    daemon.kill()
-    for launched in daemon.containers:
-        launched.shim.kill()
-        launched.init.kill()
-    wait_for(
-        lambda: not any(p.exists() for c in daemon.containers for p in (c.shim, c.init)),
-        10,
-        "the shims and inits to die",
-    )
+    _wait_all_up(harness, daemon)
+    _power_cut(daemon)
     for launched, status, by_user in (
         (pending, "restarting", False),
         (died, "exited", False),
         (stopped_always, "exited", True),
         (stopped_unless, "exited", True),
     ):
-        record = Container.load(directory(launched))
+        record = Container.load(_record_dir(harness, launched))
         record.state.status, record.state.stopped_by_user = status, by_user
         record.state.pid = record.state.shim_pid = 0
         record.save()
